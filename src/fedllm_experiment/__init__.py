@@ -1,0 +1,1 @@
+"""fedllm_experiment."""
