@@ -9,7 +9,8 @@ written last, so it is the commit point: a generation without a valid manifest d
 Loading walks generations newest first and returns the first whose checksums all match, so a
 corrupted or truncated latest checkpoint falls back to the previous good one. The two newest
 generations are kept. The federated state is float32 (docs/architecture.md); safetensors' numpy
-loader has no bfloat16, so callers keep the state in float32. Pure file I/O on numpy arrays; no asyncio (callers run it in a thread).
+loader has no bfloat16, so callers keep the state in float32. Pure file I/O on numpy arrays;
+no asyncio (callers run it in a thread).
 """
 
 from __future__ import annotations
