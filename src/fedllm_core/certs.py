@@ -205,6 +205,8 @@ def _name(common_name: str) -> x509.Name:
 def _builder(
     subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, days: int
 ) -> x509.CertificateBuilder:
+    if days < 1:
+        raise CertificateError(f"a certificate must be valid for at least 1 day, not {days}")
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
