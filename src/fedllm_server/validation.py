@@ -1,0 +1,223 @@
+"""Checks at the door: every update is judged here before it touches a round or the GSFS pool.
+
+Rules: the verdict is a `fedllm_proto.messages.RejectCode` or None. Checks run
+cheapest first so a flood costs O(1) per message: fingerprint, future_version, too_stale,
+replay, rate_limited (one token per update that reaches the gate, accepted or not), then the
+O(model) tensor checks tensor_mismatch, non_finite, norm_too_large. An accepted update's id is
+remembered (per-client LRU) so a replay is refused. `DoorState` is the only state; it is
+explicit, bounded, serialisable and changed only by `check_update`/`validate_update`. No clock:
+`now` is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedllm_proto.messages import RejectCode
+from fedllm_server.strategies.base import l2_norm
+from fedllm_server.strategies.settings import ValidationSettings
+
+TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name)
+
+
+@dataclass(frozen=True)
+class GlobalRef:
+    """What an update is checked against: the current global model's identity and layout."""
+
+    fingerprint: str
+    version: int
+    specs: Mapping[str, TensorSpec]
+
+    @classmethod
+    def from_tensors(
+        cls, fingerprint: str, version: int, tensors: Mapping[str, npt.NDArray[Any]]
+    ) -> GlobalRef:
+        specs = {name: (tuple(a.shape), a.dtype.name) for name, a in tensors.items()}
+        return cls(fingerprint, version, specs)
+
+
+@dataclass(frozen=True)
+class UpdateView:
+    """The fields of an incoming update the door looks at."""
+
+    client_id: str
+    update_id: str
+    fingerprint: str  # the fingerprint the client's session was admitted with
+    base_version: int
+    tensors: Mapping[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A door decision with the detail for the Reject message and the norm for the pool."""
+
+    code: RejectCode | None
+    detail: str = ""
+    norm: float | None = None  # ‖Δ‖₂, computed whenever the tensor checks ran
+
+    @property
+    def accepted(self) -> bool:
+        return self.code is None
+
+
+@dataclass
+class TokenBucket:
+    """Capacity C tokens refilled at C/window per second; one upload takes one token."""
+
+    tokens: float
+    updated_at: float
+
+    def take(self, now: float, capacity: float, per_s: float) -> bool:
+        elapsed = max(0.0, now - self.updated_at)  # a clock step backwards refills nothing
+        self.tokens = min(capacity, self.tokens + elapsed * per_s)
+        self.updated_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
+class DoorState:
+    """Per-client replay memory (LRU of accepted update ids) and rate-limit buckets."""
+
+    seen: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def remember(self, client_id: str, update_id: str, capacity: int) -> None:
+        ids = self.seen.setdefault(client_id, OrderedDict())
+        ids[update_id] = None
+        ids.move_to_end(update_id)
+        while len(ids) > capacity:
+            ids.popitem(last=False)  # forget the oldest id first
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        """Plain types; bucket times stored as ages so a restart's new clock is fine."""
+        return {
+            "seen": {cid: list(ids) for cid, ids in self.seen.items()},
+            "buckets": {cid: [b.tokens, now - b.updated_at] for cid, b in self.buckets.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], now: float) -> DoorState:
+        seen = {cid: OrderedDict.fromkeys(ids) for cid, ids in data["seen"].items()}
+        buckets = {
+            cid: TokenBucket(float(tokens), now - float(age))
+            for cid, (tokens, age) in data["buckets"].items()
+        }
+        return cls(seen=seen, buckets=buckets)
+
+
+# --- the individual checks (pure) -------------------------------------------------------------
+
+
+def check_version(base: int, current: int, max_staleness: int) -> Verdict | None:
+    if base > current:
+        return Verdict(RejectCode.FUTURE_VERSION, f"base_version {base} > current {current}")
+    if base < 0 or current - base > max_staleness:
+        return Verdict(
+            RejectCode.TOO_STALE, f"base_version {base} lags {current} by > {max_staleness}"
+        )
+    return None
+
+
+def check_layout(
+    tensors: Mapping[str, npt.NDArray[Any]], specs: Mapping[str, TensorSpec], exact: bool
+) -> Verdict | None:
+    """Names ⊆ global names (== when `exact`, i.e. synchronous strategies), shapes, dtypes."""
+    unknown = sorted(set(tensors) - set(specs))
+    if unknown:
+        return Verdict(RejectCode.TENSOR_MISMATCH, f"unknown tensors {unknown[:5]}")
+    if not tensors or (exact and len(tensors) != len(specs)):
+        missing = sorted(set(specs) - set(tensors))
+        return Verdict(RejectCode.TENSOR_MISMATCH, f"missing tensors {missing[:5]}")
+    for name, arr in tensors.items():
+        shape, dtype = specs[name]
+        if tuple(arr.shape) != shape or arr.dtype.name != dtype:
+            got = (tuple(arr.shape), arr.dtype.name)
+            return Verdict(RejectCode.TENSOR_MISMATCH, f"{name}: {got} != {(shape, dtype)}")
+    return None
+
+
+def check_values(tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | None) -> Verdict:
+    """All finite and ‖Δ‖₂ within bound; one BLAS pass, isfinite only when the sum is not."""
+    norm = l2_norm(tensors)
+    if not math.isfinite(norm):
+        if not all(bool(np.isfinite(a).all()) for a in tensors.values()):
+            return Verdict(RejectCode.NON_FINITE, "NaN or inf in the update")
+        norm = _norm_without_overflow(tensors)
+    if max_norm is not None and norm > max_norm:
+        return Verdict(RejectCode.NORM_TOO_LARGE, f"‖Δ‖₂ {norm:.6g} > {max_norm:.6g}", norm)
+    return Verdict(None, "", norm)
+
+
+def _norm_without_overflow(tensors: Mapping[str, npt.NDArray[Any]]) -> float:
+    """Finite values whose squares overflow float32: scale by the max first."""
+    peak = max(float(np.abs(a).max()) if a.size else 0.0 for a in tensors.values())
+    scaled = {k: (a / peak).astype(np.float64) for k, a in tensors.items()}
+    return peak * l2_norm(scaled)
+
+
+# --- the door ---------------------------------------------------------------------------------
+
+
+def _gate(
+    update: UpdateView, settings: ValidationSettings, door: DoorState, now: float
+) -> Verdict | None:
+    """Replay, then rate limit (takes a token whether or not the rest passes)."""
+    if update.update_id in door.seen.get(update.client_id, ()):
+        return Verdict(RejectCode.REPLAY, f"update_id {update.update_id} already accepted")
+    capacity = float(settings.rate_limit_updates)
+    bucket = door.buckets.setdefault(update.client_id, TokenBucket(capacity, now))
+    if not bucket.take(now, capacity, capacity / settings.rate_limit_window_s):
+        window = settings.rate_limit_window_s
+        return Verdict(RejectCode.RATE_LIMITED, f"> {capacity:g} updates per {window:g} s")
+    return None
+
+
+def check_update(
+    update: UpdateView,
+    ref: GlobalRef,
+    settings: ValidationSettings,
+    door: DoorState,
+    now: float,
+    *,
+    sync: bool = False,
+) -> Verdict:
+    """Judge one update; on acceptance its id is remembered in `door`.
+
+    `sync=True` (FedAvg/FedOpt rounds) requires every global tensor and base_version equal to
+    the current version; otherwise (GSFS) a subset of tensors and up to max_staleness lag.
+    """
+    if update.fingerprint != ref.fingerprint:
+        return Verdict(RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
+    staleness = 0 if sync else settings.max_staleness
+    early = check_version(update.base_version, ref.version, staleness)
+    early = early or _gate(update, settings, door, now)
+    early = early or check_layout(update.tensors, ref.specs, exact=sync)
+    if early is not None:
+        return early
+    verdict = check_values(update.tensors, settings.max_l2_norm)
+    if verdict.accepted:
+        door.remember(update.client_id, update.update_id, settings.replay_memory)
+    return verdict
+
+
+def validate_update(
+    update: UpdateView,
+    ref: GlobalRef,
+    settings: ValidationSettings,
+    door: DoorState,
+    now: float,
+    *,
+    sync: bool = False,
+) -> RejectCode | None:
+    """The door's verdict as a code only (see `check_update` for detail and norm)."""
+    return check_update(update, ref, settings, door, now, sync=sync).code

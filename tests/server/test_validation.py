@@ -1,0 +1,180 @@
+"""Door checks: one test per reject code, the check order, and the bounded state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedllm_server.strategies import ValidationSettings
+from fedllm_server.validation import (
+    DoorState,
+    GlobalRef,
+    RejectCode,
+    UpdateView,
+    check_update,
+    validate_update,
+)
+
+GLOBAL = {"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float32)}
+REF = GlobalRef.from_tensors("fp1", version=10, tensors=GLOBAL)
+SETTINGS = ValidationSettings(max_l2_norm=10.0, max_staleness=2)
+
+
+def view(
+    uid: str = "u1", base: int = 10, fp: str = "fp1", cid: str = "c1", **tensors: np.ndarray
+) -> UpdateView:
+    tensors = tensors or {"a": np.ones((2, 2), np.float32), "b": np.ones(3, np.float32)}
+    return UpdateView(cid, uid, fp, base, tensors)
+
+
+def verdict(
+    update: UpdateView, door: DoorState | None = None, now: float = 0.0, **kw: object
+) -> RejectCode | None:
+    return validate_update(update, REF, SETTINGS, door or DoorState(), now, **kw)  # type: ignore[arg-type]
+
+
+def test_good_update_accepted() -> None:
+    assert verdict(view()) is None
+
+
+def test_accepted_verdict_carries_norm() -> None:
+    # 7 ones -> ‖Δ‖ = √7
+    got = check_update(view(), REF, SETTINGS, DoorState(), 0.0)
+    assert got.norm == pytest.approx(7**0.5)
+
+
+def test_fingerprint_mismatch() -> None:
+    assert verdict(view(fp="other")) == RejectCode.FINGERPRINT_MISMATCH
+
+
+def test_unknown_tensor_name() -> None:
+    assert (
+        verdict(view(a=np.ones((2, 2), np.float32), z=np.ones(1, np.float32))) == "tensor_mismatch"
+    )
+
+
+def test_wrong_shape() -> None:
+    assert verdict(view(a=np.ones((4,), np.float32))) == RejectCode.TENSOR_MISMATCH
+
+
+def test_wrong_dtype() -> None:
+    assert verdict(view(a=np.ones((2, 2), np.float64))) == RejectCode.TENSOR_MISMATCH
+
+
+def test_partial_update_accepted_for_async() -> None:
+    assert verdict(view(b=np.ones(3, np.float32))) is None
+
+
+def test_partial_update_refused_for_sync() -> None:
+    assert verdict(view(b=np.ones(3, np.float32)), sync=True) == RejectCode.TENSOR_MISMATCH
+
+
+def test_empty_update_refused() -> None:
+    assert (
+        validate_update(UpdateView("c1", "u", "fp1", 10, {}), REF, SETTINGS, DoorState(), 0)
+        == "tensor_mismatch"
+    )
+
+
+def test_nan_is_non_finite() -> None:
+    assert verdict(view(b=np.array([0, np.nan, 0], np.float32))) == RejectCode.NON_FINITE
+
+
+def test_inf_is_non_finite() -> None:
+    assert verdict(view(b=np.array([0, -np.inf, 0], np.float32))) == RejectCode.NON_FINITE
+
+
+def test_norm_too_large() -> None:
+    # ‖[6, 8, 0.1]‖ ≈ 10.0005 > 10
+    assert verdict(view(b=np.array([6, 8, 0.1], np.float32))) == RejectCode.NORM_TOO_LARGE
+
+
+def test_huge_finite_values_are_norm_not_nan() -> None:
+    # squares overflow float32, values are finite: too large, not non-finite
+    assert verdict(view(b=np.array([3e38, 0, 0], np.float32))) == RejectCode.NORM_TOO_LARGE
+
+
+def test_no_norm_bound_by_default() -> None:
+    big = view(b=np.array([600, 800, 0], np.float32))
+    assert validate_update(big, REF, ValidationSettings(), DoorState(), 0.0) is None
+
+
+def test_future_version() -> None:
+    assert verdict(view(base=11)) == RejectCode.FUTURE_VERSION
+
+
+def test_too_stale() -> None:
+    assert verdict(view(base=7)) == RejectCode.TOO_STALE  # lags by 3 > 2
+
+
+def test_stale_within_bound_accepted() -> None:
+    assert verdict(view(base=8)) is None
+
+
+def test_sync_requires_current_version() -> None:
+    assert verdict(view(base=9), sync=True) == RejectCode.TOO_STALE
+
+
+def test_replay_of_accepted_update() -> None:
+    door = DoorState()
+    verdict(view(uid="x"), door)
+    assert verdict(view(uid="x"), door, now=1.0) == RejectCode.REPLAY
+
+
+def test_rejected_update_id_may_be_resent() -> None:
+    door = DoorState()
+    verdict(view(uid="x", b=np.array([np.nan, 0, 0], np.float32)), door)
+    assert verdict(view(uid="x"), door, now=1.0) is None
+
+
+def test_replay_memory_is_bounded_lru() -> None:
+    door, s = DoorState(), ValidationSettings(replay_memory=2, rate_limit_updates=100)
+    for i in range(3):
+        validate_update(view(uid=f"u{i}"), REF, s, door, float(i))
+    assert list(door.seen["c1"]) == ["u1", "u2"]
+
+
+def test_rate_limited_after_capacity() -> None:
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=2, rate_limit_window_s=10)
+    codes = [validate_update(view(uid=f"u{i}"), REF, s, door, 0.0) for i in range(3)]
+    assert codes == [None, None, RejectCode.RATE_LIMITED]
+
+
+def test_rate_limit_refills_over_time() -> None:
+    # capacity 2 per 10 s refills 0.2 token/s: one token after 5 s
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=2, rate_limit_window_s=10)
+    for i in range(2):
+        validate_update(view(uid=f"u{i}"), REF, s, door, 0.0)
+    assert validate_update(view(uid="late"), REF, s, door, 5.0) is None
+
+
+def test_rate_limit_is_per_client() -> None:
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=1)
+    validate_update(view(uid="u1", cid="c1"), REF, s, door, 0.0)
+    assert validate_update(view(uid="u1", cid="c2"), REF, s, door, 0.0) is None
+
+
+def test_bad_tensors_still_cost_a_token() -> None:
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=1)
+    validate_update(view(uid="u1", a=np.ones(9, np.float32)), REF, s, door, 0.0)
+    assert validate_update(view(uid="u2"), REF, s, door, 0.0) == RejectCode.RATE_LIMITED
+
+
+def test_fingerprint_checked_before_version() -> None:
+    assert verdict(view(fp="other", base=99)) == RejectCode.FINGERPRINT_MISMATCH
+
+
+def test_door_state_round_trips_with_new_clock() -> None:
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=1, rate_limit_window_s=10)
+    validate_update(view(uid="u1"), REF, s, door, 100.0)
+    back = DoorState.from_dict(door.to_dict(now=101.0), now=5.0)  # 1 s elapsed: 0.1 token
+    codes = (validate_update(view(uid="u1"), REF, s, back, 5.0),
+             validate_update(view(uid="u2"), REF, s, back, 5.0))  # fmt: skip
+    assert codes == (RejectCode.REPLAY, RejectCode.RATE_LIMITED)
+
+
+def test_reject_codes_match_the_wire_names() -> None:
+    assert {c.value for c in RejectCode} == {
+        "fingerprint_mismatch", "tensor_mismatch", "non_finite", "norm_too_large",
+        "future_version", "too_stale", "replay", "rate_limited", "unexpected",
+    }  # fmt: skip
