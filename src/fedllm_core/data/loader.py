@@ -1,0 +1,200 @@
+"""From ``DataSettings`` to what a client trains on and what the server evaluates on.
+
+Pipeline (every step seeded, so every host derives the same result on its own):
+load flows -> label set -> optional stratified subsample (``max_rows``) -> stratified 70/20/10
+split -> partition of train+validation rows over clients -> prompt texts.
+Strata are (fine class, capture) throughout. Loaded tables are cached per process, keyed by
+the files' paths, sizes and modification times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import structlog
+
+from fedllm_core.data.labels import encode_labels, fine_classes, label_names
+from fedllm_core.data.partition import partition_indices
+from fedllm_core.data.settings import DataSettings
+from fedllm_core.data.splits import Splits, split_indices, strata_ids, stratified_subsample
+from fedllm_core.data.table import FlowTable, IndexArray
+from fedllm_core.data.zeek import LoadReport, expand_paths, read_flow_files
+from fedllm_core.prompts import Template, choose_template, render
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "iot23"
+SHIPPED_FILES = (
+    "iot23_full_captures.csv.gz",
+    "iot23_pooled_lpeifeng.csv.gz",
+    "iot23_pooled_sushanth.csv.gz",
+)
+# Independent random streams for the steps, so changing one step does not shift another.
+_SUBSAMPLE, _SPLIT, _PARTITION, _VAL_CAP, _TEST_CAP = range(1, 6)
+log = structlog.get_logger(__name__)
+
+
+def _seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def shipped_paths() -> list[Path]:
+    """The IoT-23 files shipped inside the package (see iot23/ATTRIBUTION.md)."""
+    return [SHIPPED_DIR / name for name in SHIPPED_FILES]
+
+
+@lru_cache(maxsize=4)
+def _load_cached(key: tuple[tuple[str, int, int], ...]) -> tuple[FlowTable, LoadReport]:
+    return read_flow_files([Path(name) for name, _, _ in key])
+
+
+def load_flows(paths: Sequence[Path] = ()) -> tuple[FlowTable, LoadReport]:
+    """Load flow files/folders (empty: the shipped IoT-23 copy). Cached; do not mutate."""
+    files = expand_paths(list(paths)) if paths else shipped_paths()
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    table, report = _load_cached(key)
+    if report.malformed:
+        log.warning(
+            "flows_malformed_lines",
+            malformed=report.malformed,
+            first=[str(p) for p in report.problems[:5]],
+        )
+    return table, report
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """The rows in use (after ``max_rows``), their class ids, the label set and the split."""
+
+    flows: FlowTable
+    labels: IndexArray  # class id per row of ``flows``
+    label_names: tuple[str, ...]
+    splits: Splits  # indices into ``flows``
+    strata: IndexArray  # (fine class, capture) id per row
+    report: LoadReport
+
+
+def prepare_data(data: DataSettings) -> PreparedData:
+    """Load, label, subsample and split as ``data`` says (the common start of every consumer)."""
+    flows, report = load_flows(data.paths)
+    names = tuple(label_names(data.task, flows, min_class_count=data.min_class_count))
+    strata = strata_ids(fine_classes(flows), flows.captures)
+    if data.max_rows is not None and data.max_rows < len(flows):
+        keep = stratified_subsample(strata, data.max_rows, _seed(data.seed, _SUBSAMPLE))
+        flows, strata = flows.take(keep), strata[keep]
+    return PreparedData(
+        flows=flows,
+        labels=encode_labels(flows, data.task, names),
+        label_names=names,
+        splits=split_indices(strata, _seed(data.seed, _SPLIT)),
+        strata=strata,
+        report=report,
+    )
+
+
+def template_for(data: DataSettings) -> Template:
+    """The prompt template ``data`` selects (``auto`` respects ``max_prompt_tokens``)."""
+    return choose_template(data.template, max_tokens=data.max_prompt_tokens)
+
+
+def client_rows(prepared: PreparedData, data: DataSettings) -> tuple[IndexArray, IndexArray]:
+    """This client's (train, validation) row indices into ``prepared.flows``."""
+    train, val = prepared.splits.train, prepared.splits.val
+    rows = np.concatenate([train, val])
+    blocks = np.concatenate([np.zeros(len(train), np.int64), np.ones(len(val), np.int64)])
+    parts = partition_indices(
+        data.partition,
+        data.num_partitions,
+        labels=prepared.labels[rows],
+        groups=prepared.flows.captures[rows],
+        blocks=blocks,
+        seed=_seed(data.seed, _PARTITION),
+        alpha=data.dirichlet_alpha,
+    )
+    mine = parts[data.partition_index]
+    my_train = np.sort(rows[mine[blocks[mine] == 0]])
+    my_val = np.sort(rows[mine[blocks[mine] == 1]])
+    return my_train, _cap(my_val, prepared.strata, data.val_max, _seed(data.seed, _VAL_CAP))
+
+
+def _cap(rows: IndexArray, strata: IndexArray, limit: int | None, seed: int) -> IndexArray:
+    if limit is None or len(rows) <= limit:
+        return rows
+    return rows[stratified_subsample(strata[rows], limit, seed)]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One client's share: its train and validation texts and labels, and how they were made."""
+
+    train_texts: list[str]
+    train_labels: IndexArray
+    val_texts: list[str]
+    val_labels: IndexArray
+    label_names: tuple[str, ...]
+    template: Template
+    partition_index: int
+    num_partitions: int
+    captures: tuple[str, ...]  # the IoT-23 captures this client's rows come from
+    report: LoadReport
+
+    @property
+    def sample_count(self) -> int:
+        """n_i: the number of local training samples (the FedAvg weight)."""
+        return len(self.train_labels)
+
+
+def load_client_data(data: DataSettings, template: Template | None = None) -> ClientData:
+    """Client ``data.partition_index`` of ``data.num_partitions``: its train and validation data.
+
+    ``template`` defaults to the one ``data`` selects (``template_for``).
+    """
+    chosen = template or template_for(data)
+    prepared = prepare_data(data)
+    train, val = client_rows(prepared, data)
+    flows = prepared.flows
+    return ClientData(
+        train_texts=render(chosen, flows, train),
+        train_labels=prepared.labels[train],
+        val_texts=render(chosen, flows, val),
+        val_labels=prepared.labels[val],
+        label_names=prepared.label_names,
+        template=chosen,
+        partition_index=data.partition_index,
+        num_partitions=data.num_partitions,
+        captures=tuple(sorted(set(flows.captures[np.concatenate([train, val])].tolist()))),
+        report=prepared.report,
+    )
+
+
+class EvalData(NamedTuple):
+    """The held-out test split as texts, class ids and the label set."""
+
+    texts: list[str]
+    labels: IndexArray
+    label_names: tuple[str, ...]
+
+
+def load_eval_data(data: DataSettings, template: Template | None = None) -> EvalData:
+    """The test split (capped to ``data.test_max`` rows, stratified) for central evaluation."""
+    chosen = template or template_for(data)
+    prepared = prepare_data(data)
+    test = _cap(prepared.splits.test, prepared.strata, data.test_max, _seed(data.seed, _TEST_CAP))
+    return EvalData(
+        texts=render(chosen, prepared.flows, test),
+        labels=prepared.labels[test],
+        label_names=prepared.label_names,
+    )
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file (to check the shipped copy against SOURCE.md)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
