@@ -1,9 +1,9 @@
 """Running weighted sum of deltas: the one place aggregation touches every tensor element.
 
 Rules: memory is O(model), never O(clients × model): per tensor one float32 running sum
-Σ w_i·Δ_i plus one shared scratch buffer, and a float64 weight total per tensor. Each update is
-folded in place (`np.multiply(out=)`, `np.add(out=)`) and may be dropped by the caller right
-after. Weight totals are per tensor so partial updates average each tensor over exactly the
+Σ w_i·Δ_i, one small scratch block, and a float64 weight total per tensor. Each update is folded
+in place, block by block (`np.multiply(out=)`, `np.add(out=)`), and may be dropped by the caller
+right after. Weight totals are per tensor so partial updates average each tensor over exactly the
 clients that sent it. The caller's arrays are never written.
 """
 
@@ -14,17 +14,40 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedllm_server.strategies.base import Array, TensorDict, l2_norm
+from fedllm_server.strategies.base import Array, TensorDict
+
+# Elements per block: 512 KiB of float32 keeps the scratch block in L2, so a fold moves about
+# as many bytes as a memcpy (read Δ, read+write the sum) instead of five whole-tensor passes.
+BLOCK = 1 << 17
+
+
+def _axpy(
+    acc: Array, delta: Array, w: np.float32, scratch: Array, overwrite: bool, want_norm: bool
+) -> float:
+    """acc (=|+=) w·delta over flat views, block by block; Σ delta² in the same pass if asked."""
+    squares = 0.0
+    for start in range(0, delta.size, BLOCK):
+        d = delta[start : start + BLOCK]  # (≤ BLOCK,)
+        a = acc[start : start + BLOCK]
+        if overwrite:
+            np.multiply(d, w, out=a)
+        else:
+            s = scratch[: d.size]
+            np.multiply(d, w, out=s)
+            np.add(a, s, out=a)
+        if want_norm:
+            squares += float(np.dot(d, d))  # block is still in cache
+    return squares
 
 
 class WeightedSum:
-    """Σ_i w_i·Δ_i per tensor, with Σ_i w_i per tensor; fold with `add`, read with `mean`."""
+    """Σ_i w_i·Δ_i and Σ_i w_i per tensor; fold with `add`, read once with `take_mean`."""
 
     def __init__(self) -> None:
         self._sums: TensorDict = {}  # name -> (shape of tensor) float32
         self._totals: dict[str, float] = {}  # name -> Σ w_i over clients that sent it
         self._counts: dict[str, int] = {}  # name -> how many clients sent it
-        self._scratch: Array = np.empty(0, dtype=np.float32)  # (max numel,) reused buffer
+        self._scratch: Array = np.empty(BLOCK, dtype=np.float32)  # (BLOCK,) stays in cache
         self.clients: list[str] = []
         self.raw_weights: dict[str, float] = {}
         self.norms: dict[str, float] = {}
@@ -36,37 +59,39 @@ class WeightedSum:
         weight: float,
         norm: float | None = None,
     ) -> None:
-        """Fold w·Δ into the sums. `norm` (‖Δ‖₂) is computed here unless the caller has it."""
+        """Fold w·Δ into the sums. ‖Δ‖₂ is computed in the same pass unless `norm` is given."""
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"weight for {client_id!r} must be finite and > 0, got {weight}")
         if client_id in self.raw_weights:
             raise ValueError(f"client {client_id!r} folded twice into one aggregation")
+        squares = 0.0
         for name, delta in tensors.items():
-            self._fold(name, delta, weight)
+            squares += self._fold(name, delta, weight, want_norm=norm is None)
         self.clients.append(client_id)
         self.raw_weights[client_id] = weight
-        self.norms[client_id] = l2_norm(tensors) if norm is None else norm
+        self.norms[client_id] = math.sqrt(squares) if norm is None else norm
 
-    def _fold(self, name: str, delta: Array, weight: float) -> None:
-        w = np.float32(weight)
+    def _fold(self, name: str, delta: Array, weight: float, want_norm: bool) -> float:
+        """acc += w·Δ block by block; returns Σ Δ² when asked (0.0 otherwise)."""
         acc = self._sums.get(name)
         if acc is None:
-            self._sums[name] = np.multiply(delta, w, dtype=np.float32)  # first sender: allocate
-            self._totals[name] = weight
-            self._counts[name] = 1
-            return
-        if acc.shape != delta.shape:
+            acc = self._sums[name] = np.empty(delta.shape, dtype=np.float32)
+            self._totals[name], self._counts[name], first = 0.0, 0, True
+        elif acc.shape != delta.shape:
             raise ValueError(f"tensor {name!r}: shape {delta.shape} != {acc.shape}")
-        scratch = self._scratch_for(delta.size).reshape(delta.shape)  # view, no allocation
-        np.multiply(delta, w, out=scratch)
-        np.add(acc, scratch, out=acc)
+        else:
+            first = False
+        squares = _axpy(
+            acc.reshape(-1),
+            np.ascontiguousarray(delta).reshape(-1),
+            np.float32(weight),
+            self._scratch,
+            overwrite=first,
+            want_norm=want_norm,
+        )
         self._totals[name] += weight
         self._counts[name] += 1
-
-    def _scratch_for(self, numel: int) -> Array:
-        if self._scratch.size < numel:
-            self._scratch = np.empty(numel, dtype=np.float32)
-        return self._scratch[:numel]
+        return squares
 
     @property
     def tensor_clients(self) -> dict[str, int]:
@@ -83,7 +108,6 @@ class WeightedSum:
             np.multiply(acc, np.float32(scale / self._totals[name]), out=acc)
             out[name] = acc
         self._sums = {}
-        self._scratch = np.empty(0, dtype=np.float32)
         return out
 
     def normalised_weights(self) -> dict[str, float]:
