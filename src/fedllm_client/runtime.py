@@ -1,0 +1,371 @@
+"""The client's learning state machine, independent of the network: what happens to the local
+model and its persisted state when a global model arrives, when steps run, when a trigger
+fires, when an update is sent.
+
+Rules: every method runs on the trainer's worker thread (``WorkerThread``), one at a time, so
+model and ``ClientState`` are only ever touched by that thread; counters are updated inside the
+same call that ran the steps, so a session cancelled mid-chunk never loses count. The session
+(session.py) decides *when*; this module decides *what*. A GSFS trigger decision's new state is
+committed only after the upload was sent (trigger.py's contract).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from fedllm_client import trigger as policy
+from fedllm_client.metrics_log import MetricsLog
+from fedllm_client.settings import ClientSettings
+from fedllm_client.state import ClientState, StateError, StateStore
+from fedllm_client.trainer import LocalModel, StepResult, TensorDict, build_local_model
+from fedllm_core.energy import EnergyMeter
+from fedllm_proto.codec import Encoding
+from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, TriggerReason, Update
+
+log = structlog.get_logger("fedllm.client")
+CAPABILITIES = ("fedavg", "fedopt", "gsfs", "partial_updates")
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An update built for sending, with what to commit once it is on the wire."""
+
+    update: Update
+    decision: policy.Decision | None
+    trigger_state: policy.TriggerState | None
+    layers: list[str]
+
+
+class ClientRuntime:
+    def __init__(
+        self, settings: ClientSettings, model: LocalModel, store: StateStore, state: ClientState
+    ) -> None:
+        self.settings, self.model, self.store, self.state = settings, model, store, state
+        self.metrics = MetricsLog(settings.metrics_path, settings.client_name or "")
+        self.metrics.model_version = state.base_version
+        self.trigger = (
+            policy.TriggerState.from_dict(state.trigger)
+            if state.trigger
+            else policy.initial_state(state.steps_used)
+        )
+        self.energy = EnergyMeter(model.device)
+        self._losses: list[float] = []  # since the last upload (Update.metrics["loss"])
+        self._last_step: StepResult | None = None
+        self._check_snapshot: TensorDict | None = None  # norm_source = parameter_change
+        self._dirty = False  # model trained since state.local was last copied out
+        self._since_persist = 0
+        self._last_validation: dict[str, float] = {}
+
+    @classmethod
+    def open(cls, settings: ClientSettings) -> ClientRuntime:
+        """Build the model and restore the persisted state (slow: call on the worker)."""
+        model = build_local_model(settings)
+        store = StateStore(settings.state_dir)
+        try:
+            state = store.load()
+        except StateError as exc:
+            log.error("state_unusable", error=str(exc), action="starting_fresh")
+            state = None
+        runtime = cls(settings, model, store, state or ClientState())
+        runtime._restore()
+        return runtime
+
+    def _restore(self) -> None:
+        s = self.state
+        if s.local is not None:
+            self.model.set_state(s.local)
+        if s.optimizer is not None:
+            self.model.load_optimizer_state(s.optimizer)
+        resumed = s.steps_used > 0 or s.base_version >= 0
+        self.metrics.write(
+            "start",
+            resumed=resumed,
+            steps_used=s.steps_used,
+            base_version=s.base_version,
+            max_total_steps=self.settings.max_total_steps,
+            trainer=self.settings.trainer,
+            sample_count=self.model.sample_count,
+            fingerprint=self.model.fingerprint,
+            device=self.model.device,
+        )
+
+    # ------------------------------------------------------------------ handshake, globals
+    @property
+    def budget_left(self) -> int:
+        return max(0, self.settings.max_total_steps - self.state.steps_used)
+
+    def hello(self) -> Hello:
+        return Hello(
+            protocol_versions=PROTOCOL_VERSIONS,
+            model_fingerprint=self.model.fingerprint,
+            capabilities=CAPABILITIES,
+            sample_count=self.model.sample_count,
+            last_global_version=self.state.base_version,
+            client_name=self.settings.client_name or "" if self.settings.insecure else "",
+        )
+
+    def wants_global(self, version: int) -> bool:
+        """A global model we already train from (a reconnect) must not discard our progress."""
+        return self.state.local is None or version != self.state.base_version
+
+    def apply_global(self, version: int, tensors: TensorDict, gsfs: bool) -> None:
+        """Swap the new global model in between steps and start a new reference point."""
+        s = self.state
+        previous = s.base_version
+        self.model.set_state(tensors)
+        if self.settings.reset_optimizer_on_global:
+            self.model.reset_optimizer()
+        s.base, s.local, s.base_version = tensors, tensors, version
+        s.changed_since_upload = s.trained_on_base = False
+        self._dirty = False
+        self.metrics.model_version = version
+        structlog.contextvars.bind_contextvars(model_version=version)
+        m_ref = None
+        if gsfs:
+            m_ref = self._metric(self.validate("broadcast"))
+            self.trigger = policy.on_broadcast(
+                self.trigger, s.steps_used, m_ref, self.settings.trigger
+            )
+            self._check_snapshot = None
+        self.metrics.write(
+            "broadcast_applied",
+            version=version,
+            previous_version=previous,
+            step=s.steps_used,
+            m_ref=m_ref,
+        )
+        log.info("global_applied", version=version, previous_version=previous)
+        self.persist()
+
+    def reset_to_base(self) -> None:
+        """Sync strategies: every round trains from θ^v, not from last round's θ_i."""
+        if self.state.trained_on_base and self.state.base is not None:
+            self.model.set_state(self.state.base)
+            if self.settings.reset_optimizer_on_global:
+                self.model.reset_optimizer()
+            self.state.local, self.state.trained_on_base, self._dirty = (
+                self.state.base,
+                False,
+                False,
+            )
+
+    # ------------------------------------------------------------------ training
+    def train_chunk(self, n: int) -> list[StepResult]:
+        """Run ``n`` local steps (capped by the budget) and account for them."""
+        results = []
+        for _ in range(min(n, self.budget_left)):
+            result = self.model.step()
+            results.append(result)
+            self._after_step(result)
+        return results
+
+    def _after_step(self, result: StepResult) -> None:
+        s = self.state
+        s.steps_used += 1
+        s.steps_since_upload += 1
+        s.changed_since_upload = s.trained_on_base = self._dirty = True
+        self._since_persist += 1
+        self._losses.append(result.loss)
+        self._last_step = result
+        if s.steps_used % self.settings.metrics_step_every == 0:
+            window = self._losses[-self.settings.metrics_step_every :]
+            self.metrics.write("step", step=s.steps_used, loss=result.loss, loss_avg=_mean(window))
+        if s.steps_used % self.settings.energy_every_steps == 0:
+            self.metrics.write("energy", step=s.steps_used, **self.energy.read().to_dict())
+        if self.budget_left == 0:
+            self.metrics.write("budget_exhausted", step=s.steps_used)
+            log.info("budget_exhausted", steps_used=s.steps_used)
+
+    def validate(self, why: str) -> dict[str, float]:
+        result = self.model.validate()
+        if result:
+            self._last_validation = result
+            self.metrics.write("validation", step=self.state.steps_used, why=why, **result)
+        return result
+
+    def _metric(self, result: dict[str, float]) -> float | None:
+        return result.get(self.settings.trigger.metric)
+
+    # ------------------------------------------------------------------ GSFS
+    def gsfs_chunk(self) -> PendingUpload | None:
+        """Train up to the next check; at a check evaluate the triggers (paper eq. 7-11)."""
+        ts = self.settings.trigger
+        to_check = ts.check_every - (self.state.steps_used - self.trigger.last_check_step)
+        results = self.train_chunk(max(1, min(self.settings.steps_per_chunk, to_check)))
+        step = self.state.steps_used
+        if not results or not policy.is_check_step(self.trigger, step, ts):
+            return None
+        metric = self._metric(self.validate("check"))
+        obs = policy.Observation(step, self._layer_norms(results[-1]), metric)
+        decision, new_state = policy.decide(self.trigger, obs, ts)
+        if decision.fire:
+            return self.build_update(_REASONS[decision.reason], -1, decision, new_state)
+        self.trigger = new_state
+        if decision.suppressed:
+            self.metrics.write("trigger_suppressed", step=step, **_decision_fields(decision))
+        return None
+
+    def _layer_norms(self, last: StepResult) -> dict[str, float]:
+        if self.settings.trigger.norm_source == "gradient":
+            return last.layer_grad_norms
+        current = self.model.state()
+        before, self._check_snapshot = self._check_snapshot or self.state.local or current, current
+        return _layer_change_norms(self.model.layers(), current, before)
+
+    def final_upload(self) -> PendingUpload | None:
+        """Budget spent: one last upload if the model changed since the previous one."""
+        if not self.state.changed_since_upload or self.state.base is None:
+            return None
+        self.metrics.write("final_upload", step=self.state.steps_used)
+        return self.build_update(TriggerReason.MAX_SILENCE, -1, None, None)
+
+    # ------------------------------------------------------------------ updates
+    def build_update(
+        self,
+        reason: TriggerReason,
+        round_: int,
+        decision: policy.Decision | None,
+        trigger_state: policy.TriggerState | None,
+    ) -> PendingUpload:
+        """Δ = θ_i − θ^{base_version} (only significant layers for GSFS partial updates)."""
+        assert self.state.base is not None, "update before any global model"
+        delta = self.model.delta(self.state.base)
+        layers = sorted(self.model.layers())
+        if round_ < 0 and self.settings.trigger.partial_updates:
+            layers = self._significant(delta)
+            groups = self.model.layers()
+            delta = {name: delta[name] for layer in layers for name in groups[layer]}
+        update = Update(
+            update_id=uuid.uuid4().hex,
+            base_version=self.state.base_version,
+            round=round_,
+            sample_count=self.model.sample_count,
+            trigger=reason,
+            metrics=self._update_metrics(),
+            tensors=delta,
+            encoding=Encoding(self.settings.upload.encoding),
+        )
+        return PendingUpload(update, decision, trigger_state, layers)
+
+    def _significant(self, delta: TensorDict) -> list[str]:
+        assert self.state.base is not None
+        groups = self.model.layers()
+        changes = _group_norms(groups, delta)
+        magnitudes = _group_norms(groups, self.state.base)
+        return policy.significant_layers(changes, magnitudes, self.settings.trigger)
+
+    def _update_metrics(self) -> dict[str, float]:
+        out = {f"val_{k}": float(v) for k, v in self._last_validation.items()}
+        out["steps_used"] = float(self.state.steps_used)
+        out["steps_since_upload"] = float(self.state.steps_since_upload)
+        if self._losses:
+            out["loss"] = _mean(self._losses)
+        return out
+
+    def uploaded(self, pending: PendingUpload, nbytes: int) -> None:
+        """The update is on the wire: commit counters and the trigger's new reference point."""
+        s, u = self.state, pending.update
+        s.uploads += 1
+        s.bytes_up += nbytes
+        s.steps_since_upload = 0
+        s.changed_since_upload = False
+        if pending.trigger_state is not None:
+            self.trigger = pending.trigger_state
+        self._losses.clear()
+        fields = _decision_fields(pending.decision) if pending.decision else {}
+        self.metrics.write(
+            "upload",
+            update_id=u.update_id,
+            step=s.steps_used,
+            base_version=u.base_version,
+            round=u.round,
+            trigger=u.trigger.value,
+            bytes=nbytes,
+            tensors=len(u.tensors),
+            layers=len(pending.layers),
+            layers_total=len(self.model.layers()),
+            encoding=u.encoding.value,
+            **fields,
+        )
+        self.persist()
+
+    # ------------------------------------------------------------------ persistence, end
+    def persist_due(self) -> bool:
+        return self._since_persist >= self.settings.persist_every_steps
+
+    def persist(self) -> None:
+        s = self.state
+        if self._dirty:
+            s.local = self.model.state()
+            self._dirty = False
+        if s.trained_on_base:
+            s.trained = s.local
+        s.optimizer = self.model.optimizer_state()
+        s.trigger = self.trigger.to_dict()
+        self.store.save(s, with_tensors=self.model.persists_tensors)
+        self._since_persist = 0
+
+    def final_eval(self) -> dict[str, float] | None:
+        """The client's last LOCAL trained model on the test split ("client model (avg)")."""
+        fe = self.settings.final_eval
+        tensors = self.state.trained if self.state.trained is not None else self.state.local
+        if not fe.enabled or tensors is None:
+            return None
+        self.model.set_state(tensors)
+        result = self.model.evaluate_test(fe.max_samples)
+        self.metrics.write("final_eval", steps_used=self.state.steps_used, **result)
+        log.info("final_eval", **result)
+        return result
+
+    def close(self, reason: str) -> None:
+        s = self.state
+        self.metrics.write(
+            "stop",
+            reason=reason,
+            steps_used=s.steps_used,
+            uploads=s.uploads,
+            bytes_up=s.bytes_up,
+            bytes_down=s.bytes_down,
+            energy=self.energy.read().to_dict(),
+        )
+        self.metrics.close()
+
+
+_REASONS = {
+    policy.FireReason.PERFORMANCE: TriggerReason.PERFORMANCE,
+    policy.FireReason.GRADIENT_NORM: TriggerReason.GRADIENT_NORM,
+    policy.FireReason.MAX_SILENCE: TriggerReason.MAX_SILENCE,
+    None: TriggerReason.MAX_SILENCE,
+}
+
+
+def _decision_fields(decision: policy.Decision) -> dict[str, object]:
+    reason = decision.reason.value if decision.reason else None
+    return {
+        "reason": reason,
+        "layer": decision.layer,
+        "suppressed": decision.suppressed,
+        **decision.values,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _group_norms(groups: dict[str, list[str]], tensors: TensorDict) -> dict[str, float]:
+    return {
+        layer: float(np.sqrt(sum(float(np.vdot(tensors[n], tensors[n])) for n in names)))
+        for layer, names in groups.items()
+    }
+
+
+def _layer_change_norms(
+    groups: dict[str, list[str]], current: TensorDict, before: TensorDict
+) -> dict[str, float]:
+    diff = {name: current[name] - before[name] for name in current}
+    return _group_norms(groups, diff)

@@ -1,0 +1,123 @@
+"""``ClientSettings``: the client daemon's one frozen settings model (TOML + FEDLLM_CLIENT__ env).
+
+Rules: every option an operator may touch lives here with its default and a comment; sections
+shared with the server (data, model, train) come from fedllm_core, the GSFS trigger policy's
+from ``fedllm_client.trigger``. Relative paths in the file are taken relative to the current
+directory (systemd sets WorkingDirectory). A bad value raises ``SettingsError`` (exit 78)
+naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, model_validator
+
+from fedllm_client.backoff import BackoffSettings
+from fedllm_client.trigger import TriggerSettings
+from fedllm_core.data import DataSettings
+from fedllm_core.model import ModelSettings
+from fedllm_core.settings import FrozenSettings, load_settings
+from fedllm_core.training import TrainSettings
+
+ENV_PREFIX = "FEDLLM_CLIENT"
+S = TypeVar("S", bound=FrozenSettings)
+
+
+def _default(section: type[S]) -> Any:
+    """A section's all-defaults instance as a field default (typed for mypy without a plugin)."""
+    return Field(default_factory=lambda: section.model_validate({}))
+
+
+class ServerAddress(FrozenSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=1, le=65535)
+    server_name: str = "localhost"  # TLS host name checked against the server certificate
+
+
+class TlsSettings(FrozenSettings):
+    ca: Path | None = None  # federation CA certificate
+    cert: Path | None = None  # this client's certificate (its CN is the client id)
+    key: Path | None = None
+
+
+class UploadSettings(FrozenSettings):
+    # raw is exact; fp16 halves, int8 quarters, topk sparsifies (all lossy). GSFS partial
+    # updates (only significant layers) are set in [trigger] (partial_updates).
+    encoding: Literal["raw", "fp16", "int8", "topk"] = "raw"
+
+
+class SyntheticSettings(FrozenSettings):
+    """``trainer = "synthetic"``: no model, training replaced by a fixed random update
+    (bench/round_overhead.py). Tensor names/shapes follow the global model the server sends."""
+
+    update_mb: float = Field(default=2.0, gt=0)  # size of the model the fingerprint names
+    num_arrays: int = Field(default=20, ge=1)
+    seed: int = 0
+    step_time_s: float = Field(default=0.0, ge=0)  # simulated compute per step (0: none)
+
+
+class InferenceSettings(FrozenSettings):
+    output: Path | None = None  # predictions JSON lines; None: stdout
+    which: Literal["global", "local"] = "global"  # model from the state directory to use
+    poll_interval_s: float = Field(default=0.5, gt=0)  # --follow: how often to look for new lines
+    warmup: int = Field(default=5, ge=0)  # requests excluded from the latency figures
+
+
+class FinalEvalSettings(FrozenSettings):
+    enabled: bool = True
+    max_samples: int = Field(default=2000, ge=0)  # cap on the test split sample (0: all)
+
+
+class ClientSettings(FrozenSettings):
+    """Everything ``fedllm client`` reads (see configs/client.toml)."""
+
+    server: ServerAddress = _default(ServerAddress)
+    tls: TlsSettings = _default(TlsSettings)
+    insecure: bool = False  # plain TCP (lab only; logs a loud warning)
+    client_name: str | None = None  # metrics/log name; the id the server uses is the cert CN
+    state_dir: Path = Path("client-state")
+    metrics_file: Path | None = None  # None: <state_dir>/metrics.jsonl
+    log_level: str = "info"
+    seed: int = 0  # LoRA init, data order
+    data: DataSettings = _default(DataSettings)
+    model: ModelSettings = _default(ModelSettings)
+    train: TrainSettings = _default(TrainSettings)
+    trigger: TriggerSettings = _default(TriggerSettings)
+    upload: UploadSettings = _default(UploadSettings)
+    backoff: BackoffSettings = _default(BackoffSettings)
+    max_total_steps: int = Field(
+        default=1000, ge=1
+    )  # local optimizer steps budget (all strategies)
+    on_server_bye: Literal["exit", "reconnect"] = "exit"  # exit: final_eval, persist, exit 0
+    trainer: Literal["lora", "synthetic"] = "lora"
+    synthetic: SyntheticSettings = _default(SyntheticSettings)
+    reset_optimizer_on_global: bool = True  # fresh optimizer moments from each global model
+    validation_max_samples: int = Field(default=256, ge=0)  # V_i sample per GSFS check (0: all)
+    steps_per_chunk: int = Field(
+        default=10, ge=1
+    )  # steps per worker-thread call (broadcast latency)
+    persist_every_steps: int = Field(default=50, ge=1)  # GSFS: state saved at least this often
+    metrics_step_every: int = Field(default=10, ge=1)  # one "step" record per this many steps
+    energy_every_steps: int = Field(default=100, ge=1)
+    inference: InferenceSettings = _default(InferenceSettings)
+    final_eval: FinalEvalSettings = _default(FinalEvalSettings)
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ClientSettings:
+        missing = [n for n in ("ca", "cert", "key") if getattr(self.tls, n) is None]
+        if not self.insecure and missing:
+            raise ValueError(f"tls.{', tls.'.join(missing)} required unless insecure = true")
+        return self
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_file or self.state_dir / "metrics.jsonl"
+
+
+def load_client_settings(
+    path: Path | None, overrides: dict[str, Any] | None = None
+) -> ClientSettings:
+    """TOML file (optional) + FEDLLM_CLIENT__... environment + explicit overrides."""
+    return load_settings(ClientSettings, path, env_prefix=ENV_PREFIX, overrides=overrides)
