@@ -1,0 +1,173 @@
+"""From a finished deployment's files to one results.json run record.
+
+Sources, each used for what it measures first-hand:
+- the server's metrics file: every version (``aggregation``: clients, bytes sent, central
+  evaluation) and every upload that reached it (``update``: client, trigger, bytes);
+- each client's metrics file: its final local model on the test split (``final_eval``), its
+  optimizer steps, uploads and bytes received (``stop``), its energy reading;
+- the server's last checkpoint: the final global model, loaded here only to time inference
+  (the same measurement for every strategy, see latency.py);
+- the processes' CPU seconds from the orchestrator (exact, via wait4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedllm_core.data import DataSettings, load_eval_data
+from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
+from fedllm_experiment.configs import ExperimentSettings
+from fedllm_experiment.deploy import Deployment, shared_sections
+from fedllm_experiment.latency import measure_latency
+from fedllm_experiment.progress import read_json_lines
+from fedllm_experiment.results import average_metrics, metric_block, run_record
+
+Record = Mapping[str, Any]
+
+
+def _kind(records: Sequence[Record], kind: str) -> list[Record]:
+    return [r for r in records if r.get("kind") == kind]
+
+
+def _last_event(records: Sequence[Record], event: str) -> Record | None:
+    found = [r for r in records if r.get("event") == event]
+    return found[-1] if found else None
+
+
+def history(server: Sequence[Record]) -> list[dict[str, Any]]:
+    """One record per global version with the cumulative traffic up to its publication."""
+    start = _kind(server, "start")
+    t0 = float(start[0]["time"]) if start else 0.0
+    updates = _kind(server, "update")
+    out, down = [], 0
+    for agg in _kind(server, "aggregation"):
+        at = float(agg["time"])
+        before = [u for u in updates if float(u["time"]) <= at]
+        down += int(agg.get("bytes_out") or 0)
+        evaluation = agg.get("evaluation")
+        out.append(
+            {
+                "version": int(agg["version"]),
+                "t_s": round(at - t0, 3),
+                "central": metric_block(evaluation) if evaluation else None,
+                "loss": evaluation.get("loss") if evaluation else None,
+                "uploads": len(before),
+                "bytes_up": sum(int(u.get("bytes") or 0) for u in before),
+                "bytes_down": down,
+                "clients": list(agg.get("clients") or []),
+                "trigger": agg.get("trigger"),
+            }
+        )
+    return out
+
+
+def upload_events(server: Sequence[Record]) -> list[dict[str, Any]]:
+    start = _kind(server, "start")
+    t0 = float(start[0]["time"]) if start else 0.0
+    return [
+        {
+            "t_s": round(float(u["time"]) - t0, 3),
+            "client_id": u.get("client_id"),
+            "trigger": u.get("trigger"),
+            "bytes": u.get("bytes"),
+            "outcome": u.get("outcome"),
+        }
+        for u in _kind(server, "update")
+    ]
+
+
+def client_summary(name: str, records: Sequence[Record]) -> dict[str, Any]:
+    final, stop = _last_event(records, "final_eval"), _last_event(records, "stop")
+    return {
+        "client": name,
+        "final_eval": metric_block(final) if final else None,
+        "steps_used": (stop or final or {}).get("steps_used"),
+        "uploads": (stop or {}).get("uploads"),
+        "bytes_up": (stop or {}).get("bytes_up"),
+        "bytes_down": (stop or {}).get("bytes_down"),
+        "energy": (stop or {}).get("energy"),
+    }
+
+
+def energy_block(clients: Sequence[Mapping[str, Any]], cpu_s: Mapping[str, float]) -> dict:
+    """CPU seconds of every process (always) and joules only when every client counted them."""
+    joules = [(c.get("energy") or {}).get("joules") for c in clients]
+    counted = bool(joules) and all(j is not None for j in joules)
+    return {
+        "joules": sum(joules) if counted else None,
+        "cpu_s_server": cpu_s.get("server", 0.0),
+        "cpu_s_clients": round(sum(v for k, v in cpu_s.items() if k != "server"), 3),
+        "cpu_s_total": round(sum(cpu_s.values()), 3),
+        "note": "joules from NVML where available; CPU seconds are process time, not joules",
+    }
+
+
+_timing_models: dict[str, tuple[ModelBundle, list[str]]] = {}
+
+
+def _timing_model(model: ModelSettings, data: DataSettings) -> tuple[ModelBundle, list[str]]:
+    """One model instance per process for timing every strategy's final global state."""
+    key = model.model_dump_json() + data.model_dump_json()
+    if key not in _timing_models:
+        evald = load_eval_data(data)
+        _timing_models[key] = build_model(model, evald.label_names, seed=0), evald.texts
+    return _timing_models[key]
+
+
+def final_latency(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any]:
+    from fedllm_server.checkpoint import CheckpointStore
+
+    sections = shared_sections(exp)
+    model = ModelSettings.model_validate({**sections["model"], **exp.shared.get("model", {})})
+    data = DataSettings.model_validate({**sections["data"], **exp.shared.get("data", {})})
+    loaded = CheckpointStore(dep.server_state / "checkpoints").load_latest().checkpoint
+    if loaded is None:
+        return {}
+    bundle, texts = _timing_model(model, data)
+    load_trainable_state(bundle.model, loaded.global_state)
+    measured = measure_latency(
+        bundle.model,
+        bundle.tokenizer,
+        texts,
+        max_length=model.max_length,
+        device=str(bundle.device),
+        requests=exp.latency_requests,
+    )
+    return {**measured, "model_version": loaded.version}
+
+
+def collect_run(
+    exp: ExperimentSettings, strategy: str, dep: Deployment, *, wall_s: float
+) -> dict[str, Any]:
+    server = read_json_lines(dep.server_metrics)
+    clients = [client_summary(n, read_json_lines(p)) for n, p in dep.client_metrics.items()]
+    hist = history(server)
+    evaluated = [h for h in hist if h["central"]]
+    if not evaluated:
+        raise RuntimeError(f"{strategy}: the server recorded no evaluated version")
+    finals = [c["final_eval"] for c in clients if c["final_eval"]]
+    updates = _kind(server, "update")
+    return run_record(
+        strategy,
+        evaluated[-1]["central"],
+        final_latency(exp, dep),
+        energy_block(clients, dep.fleet.cpu_seconds()),
+        wall_s=wall_s,
+        clients_avg=average_metrics(finals) if finals else None,
+        rounds=hist[-1]["version"] if hist else 0,
+        uploads=len(updates),
+        bytes_up=sum(int(u.get("bytes") or 0) for u in updates),
+        bytes_down=sum(int(c["bytes_down"] or 0) for c in clients),
+        history=hist,
+        upload_events=upload_events(server),
+        clients=clients,
+        clients_reporting_final=len(finals),
+        test_flows=_samples(server),
+        cpu_seconds=dep.fleet.cpu_seconds(),
+    )
+
+
+def _samples(server: Sequence[Record]) -> int:
+    evaluated = [a["evaluation"] for a in _kind(server, "aggregation") if a.get("evaluation")]
+    return int(evaluated[-1].get("samples", 0)) if evaluated else 0

@@ -1,0 +1,92 @@
+"""Experiment settings and the daemon configurations generated from them.
+
+Precedence, lowest first: built-in defaults, the ``--quick`` preset, the ``--config`` TOML file,
+explicit command-line flags. The daemons' TOML files are produced by building the daemons' own
+frozen settings models (``ServerSettings``, ``ClientSettings``) and dumping them, so a generated
+file is valid by construction and any mistake fails here with the field named, before a process
+is started.
+
+Fairness is decided here: every strategy gets the same data settings (rows, partition, seed),
+the same model and the same local optimizer budget, ``rounds * local_steps`` steps per client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from fedllm_core.embedded import EMBEDDED_MINILM
+from fedllm_core.errors import SettingsError
+from fedllm_core.settings import (
+    FrozenSettings,
+    deep_merge,
+    describe_validation_error,
+    read_toml,
+)
+
+Strategy = Literal["fedavg", "fedopt", "gsfs"]
+ALL_STRATEGIES: tuple[Strategy, ...] = ("fedavg", "fedopt", "gsfs")
+
+
+class ExperimentSettings(FrozenSettings):
+    """What `fedllm experiment` runs; every field is also a key of the --config file."""
+
+    strategies: tuple[Strategy, ...] = ALL_STRATEGIES
+    clients: int = Field(5, ge=1)
+    rounds: int = Field(10, ge=1, description="rounds; for GSFS: aggregations")
+    model: str = EMBEDDED_MINILM
+    task: Literal["binary", "multiclass"] = "binary"
+    partition: Literal["capture", "iid", "dirichlet"] = "capture"
+    seed: int = 0
+    # Stratified subsample of the shipped flows, so 3 strategies x 5 clients fit 15 min on 2 CPUs.
+    max_rows: int | None = Field(6000, ge=100)
+    local_steps: int = Field(12, ge=1, description="optimizer steps per client per round")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    # Cap on each client's validation set V_i: GSFS evaluates it at every trigger check.
+    val_samples: int = Field(96, ge=1)
+    template: str = "compact"
+    torch_threads: int = Field(1, ge=1, description="per daemon process")
+    run_timeout_s: float = Field(900.0, gt=0, description="one strategy's deployment")
+    latency_requests: int = Field(200, ge=10)
+    # Raw settings laid over the generated ones: `shared` ([shared.data], [shared.model]) on both
+    # daemons, then `server` / `client` on one side (e.g. [client.train], [client.trigger]).
+    # Keys are the daemons' own (docs/server.md, docs/client.md).
+    shared: dict[str, Any] = Field(default_factory=dict)
+    server: dict[str, Any] = Field(default_factory=dict)
+    client: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def budget_steps(self) -> int:
+        """Local optimizer steps each client may take in one strategy run (all strategies)."""
+        return self.rounds * self.local_steps
+
+
+# ~3 minutes on 2 CPU cores for all three strategies (measured; see docs/experiment.md).
+QUICK_PRESET: dict[str, Any] = {
+    "clients": 3,
+    "rounds": 3,
+    "max_rows": 1500,
+    "local_steps": 8,
+    "val_samples": 48,
+    "latency_requests": 50,
+}
+
+
+def load_experiment_settings(
+    config: Path | None, *, quick: bool, flags: dict[str, Any]
+) -> ExperimentSettings:
+    """defaults < --quick < --config file < flags (None-valued flags are "not given")."""
+    layers = [dict(QUICK_PRESET) if quick else {}]
+    layers.append(read_toml(config) if config is not None else {})
+    layers.append({k: v for k, v in flags.items() if v is not None})
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    source = str(config) if config is not None else "experiment settings"
+    try:
+        return ExperimentSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(f"{source}: {describe_validation_error(exc)}") from exc

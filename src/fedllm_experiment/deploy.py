@@ -1,0 +1,174 @@
+"""One strategy's loopback deployment on disk: certificates, daemon TOML files, process specs.
+
+Every file lives under the run directory the user chose; nothing is written elsewhere. The
+daemon settings are built as ``ServerSettings`` / ``ClientSettings`` objects first (validation
+happens here, naming the field) and then dumped to TOML, so a daemon never starts on a file it
+would refuse. Each daemon gets ``torch_threads`` threads (also through OMP/MKL variables, which
+libraries read before torch is configured) because N+1 processes share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedllm_core.certs import PkiPaths
+from fedllm_core.settings import deep_merge
+from fedllm_experiment.configs import ExperimentSettings
+from fedllm_experiment.processes import Daemon, Fleet
+
+SERVER_NAME = "localhost"
+
+
+def client_names(count: int) -> list[str]:
+    return [f"client-{i + 1}" for i in range(count)]
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on loopback (released for the server to bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shared_sections(exp: ExperimentSettings) -> dict[str, Any]:
+    """[data] and [model] every daemon of the run must agree on (the fingerprint checks it)."""
+    data = {
+        "task": exp.task,
+        "partition": exp.partition,
+        "num_partitions": exp.clients,
+        "seed": exp.seed,
+        "max_rows": exp.max_rows,
+        "val_max": exp.val_samples,
+        "template": exp.template,
+    }
+    model = {"name": exp.model, "torch_threads": exp.torch_threads, "device": "cpu"}
+    return {"data": data, "model": model}
+
+
+def strategy_section(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:
+    if strategy != "gsfs":
+        return {"name": strategy}
+    # N is explicit: a client that connects late must not shrink the quorum K = ceil(q N).
+    return {"name": "gsfs", "federation_size_source": "explicit", "federation_size": exp.clients}
+
+
+def server_dict(
+    exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path, port: int
+) -> dict[str, Any]:
+    generated = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": {"ca": pki.ca_cert, "cert": pki.server_cert, "key": pki.server_key},
+        "state_dir": run_dir / "server-state",
+        "metrics_file": run_dir / "server-metrics.jsonl",
+        "seed": exp.seed,
+        "strategy": strategy_section(exp, strategy),
+        "rounds": {"min_clients": exp.clients, "local_steps": exp.local_steps},
+        # the whole test split of the subsample: every strategy is scored on the same flows
+        "evaluation": {"every_versions": 1, "max_samples": None},
+        "stop_after_versions": exp.rounds,
+        "logging": {"json_lines": True},
+    }
+    layered = deep_merge(deep_merge(generated, shared_sections(exp)), exp.shared)
+    return deep_merge(layered, exp.server)
+
+
+def gsfs_trigger(exp: ExperimentSettings) -> dict[str, Any]:
+    """Trigger cadence scaled to the budget, so 10 aggregations fit in rounds * local_steps.
+
+    A client is never silent longer than about two rounds' worth of steps: with K = ceil(0.6 N)
+    distinct clients per aggregation, that yields at least ``rounds`` aggregations within the
+    budget even if no performance or gradient trigger fires.
+    """
+    check = max(2, exp.local_steps // 3)
+    return {
+        "check_every": check,
+        "warmup_steps": 2 * check,
+        "min_steps_between_uploads": check,
+        "max_silence_steps": max(check, math.ceil(1.5 * exp.local_steps)),
+    }
+
+
+def client_dict(
+    exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path, port: int, index: int
+) -> dict[str, Any]:
+    name = client_names(exp.clients)[index]
+    paths = pki.clients[name]
+    generated = {
+        "server": {"host": "127.0.0.1", "port": port, "server_name": SERVER_NAME},
+        "tls": {"ca": pki.ca_cert, "cert": paths.cert, "key": paths.key},
+        "client_name": name,
+        "state_dir": run_dir / f"{name}-state",
+        "metrics_file": run_dir / f"{name}-metrics.jsonl",
+        "seed": exp.seed + index,
+        "data": {"partition_index": index},
+        "train": {"batch_size": exp.batch_size, "lr": exp.lr},
+        "max_total_steps": exp.budget_steps,
+        "final_eval": {"enabled": True, "max_samples": 0},  # 0: the whole test split
+        "backoff": {"initial_s": 0.2, "max_s": 2.0},
+    }
+    if strategy == "gsfs":
+        generated["trigger"] = gsfs_trigger(exp)
+    layered = deep_merge(deep_merge(shared_sections(exp), generated), exp.shared)
+    return deep_merge(layered, exp.client)
+
+
+def _to_toml(settings: Any) -> str:
+    """TOML of a settings object: paths as strings, unset (None) options left out."""
+    return tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True))
+
+
+def _daemon_env(exp: ExperimentSettings) -> dict[str, str]:
+    threads = str(exp.torch_threads)
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class Deployment:
+    fleet: Fleet
+    server_metrics: Path
+    server_state: Path
+    client_metrics: dict[str, Path]
+    port: int
+
+
+def prepare_deployment(
+    exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path
+) -> Deployment:
+    """Validate and write every daemon's config; return the (not yet started) fleet."""
+    from fedllm_client.settings import ClientSettings
+    from fedllm_server.settings import ServerSettings
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ServerSettings.model_validate(server_dict(exp, strategy, pki, run_dir, port))
+    (run_dir / "server.toml").write_text(_to_toml(server))
+    env = _daemon_env(exp)
+    daemons, metrics = [], {}
+    for index, name in enumerate(client_names(exp.clients)):
+        raw = client_dict(exp, strategy, pki, run_dir, port, index)
+        client = ClientSettings.model_validate(raw)
+        (run_dir / f"{name}.toml").write_text(_to_toml(client))
+        metrics[name] = client.metrics_path
+        argv = [sys.executable, "-m", "fedllm_client.cli", "--config", f"{name}.toml"]
+        daemons.append(Daemon(name, argv, run_dir / f"{name}.log", env=env, cwd=run_dir))
+    server_argv = [sys.executable, "-m", "fedllm_server.cli", "--config", "server.toml"]
+    fleet = Fleet(
+        Daemon("server", server_argv, run_dir / "server.log", env=env, cwd=run_dir), daemons
+    )
+    return Deployment(fleet, server.metrics_path, server.state_dir, metrics, port)

@@ -1,0 +1,111 @@
+"""Runs the experiment: one real loopback deployment per strategy, one after the other.
+
+Per strategy: write configs, start the server daemon and N client daemons (mutual TLS on
+127.0.0.1), follow the server's metrics file for live progress, and stop when the server exits
+after its last version. Whatever happens (a daemon crash, a timeout, Ctrl-C) every daemon is
+stopped before this module returns or raises; a crash is reported with the daemon's last log
+lines. Strategies run sequentially so they never compete for the same cores.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedllm_core.certs import PkiPaths, make_federation_pki
+from fedllm_experiment.collect import collect_run
+from fedllm_experiment.configs import ExperimentSettings
+from fedllm_experiment.deploy import SERVER_NAME, Deployment, client_names, prepare_deployment
+from fedllm_experiment.processes import DaemonCrashed, tail_lines
+from fedllm_experiment.progress import JsonLinesTail, Progress
+
+POLL_S = 0.5
+CLIENT_DRAIN_S = 120.0  # clients finish their final evaluation after the server's last version
+
+
+class RunTimeout(RuntimeError):
+    """A strategy's deployment outlived ``run_timeout_s``."""
+
+
+@dataclass
+class Outcome:
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) -> None:
+    """Until the server exits 0; raises on a crash (any daemon) or on the timeout."""
+    tail = JsonLinesTail(dep.server_metrics)
+    server = dep.fleet.server
+    while True:
+        elapsed = time.monotonic() - start
+        progress.feed(tail.read_new(), elapsed)
+        status = server.poll()
+        if status is not None:
+            if status != 0:
+                raise server.crash()
+            return
+        dep.fleet.check_clients()
+        if elapsed > timeout_s:
+            raise RunTimeout(
+                f"no final version after {timeout_s:.0f} s; server log ends:\n    "
+                + "\n    ".join(tail_lines(server.log_path))
+            )
+        time.sleep(POLL_S)
+
+
+def _drain_clients(dep: Deployment) -> None:
+    """After the server's exit: SIGTERM lets each client finish its final evaluation and exit."""
+    dep.fleet.stop_all(grace_s=CLIENT_DRAIN_S)
+
+
+def run_strategy(
+    exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path, out: TextIO
+) -> dict[str, Any]:
+    """Deploy, run and tear down one strategy; returns its results.json run record."""
+    dep = prepare_deployment(exp, strategy, pki, run_dir)
+    progress = Progress(strategy, exp.rounds, exp.clients, out=out)
+    start = time.monotonic()
+    try:
+        for daemon in dep.fleet.all:
+            daemon.start()
+        _watch(dep, progress, exp.run_timeout_s, start)
+        server_done = time.monotonic()
+        _drain_clients(dep)
+    finally:
+        dep.fleet.stop_all(grace_s=10.0)
+    return collect_run(exp, strategy, dep, wall_s=server_done - start)
+
+
+def run_experiment(
+    exp: ExperimentSettings,
+    out_dir: Path,
+    *,
+    out: TextIO = sys.stdout,
+    on_run: Callable[[Outcome], None] | None = None,
+) -> Outcome:
+    """Every strategy in turn; a failed strategy is recorded and the next one still runs."""
+    out_dir = out_dir.resolve()
+    pki = make_federation_pki(out_dir / "pki", SERVER_NAME, client_names(exp.clients), force=True)
+    outcome = Outcome()
+    for strategy in exp.strategies:
+        print(f"[{strategy}] starting server + {exp.clients} clients (mTLS, 127.0.0.1)", file=out)
+        try:
+            outcome.runs.append(run_strategy(exp, strategy, pki, out_dir / strategy, out))
+        except (DaemonCrashed, RunTimeout) as exc:
+            print(f"[{strategy}] FAILED: {exc}", file=out, flush=True)
+            outcome.failures.append(_failure(strategy, exc))
+        if on_run is not None:
+            on_run(outcome)
+    return outcome
+
+
+def _failure(strategy: str, exc: Exception) -> dict[str, Any]:
+    record: dict[str, Any] = {"strategy": strategy, "error": str(exc).splitlines()[0]}
+    if isinstance(exc, DaemonCrashed):
+        record.update(daemon=exc.name, returncode=exc.returncode, log_tail=exc.log_tail)
+    return record
