@@ -262,3 +262,46 @@ def test_bad_quorum_fraction_names_the_field() -> None:
 def test_explicit_federation_size_required() -> None:
     with pytest.raises(ValidationError, match="federation_size"):
         GsfsServerSettings(federation_size_source="explicit")
+
+
+# --- the blocked fold on tensors larger than one block ----------------------------------------
+
+
+def test_fold_spanning_blocks_matches_numpy() -> None:
+    from fedllm_server.strategies.weighted_sum import BLOCK
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(2 * BLOCK + 5, dtype=np.float32) for _ in range(2))
+    acc = WeightedSum()
+    acc.add("a", {"t": a}, 1.0)
+    acc.add("b", {"t": b}, 3.0)
+    np.testing.assert_allclose(acc.take_mean()["t"], 0.25 * a + 0.75 * b, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_computes_norm_in_the_same_pass() -> None:
+    from fedllm_server.strategies.weighted_sum import BLOCK
+
+    delta = np.full(BLOCK + 3, 0.5, dtype=np.float32)  # ‖Δ‖ = 0.5·√(BLOCK + 3)
+    acc = WeightedSum()
+    acc.add("a", {"t": delta}, 1.0)
+    assert acc.norms["a"] == pytest.approx(0.5 * (BLOCK + 3) ** 0.5, rel=1e-6)
+
+
+def test_fold_accepts_non_contiguous_delta() -> None:
+    # transposed view of [[1, 2], [3, 4]] is [[1, 3], [2, 4]]
+    view = np.array([[1, 2], [3, 4]], dtype=np.float32).T
+    res = fedavg.aggregate({"w": np.zeros((2, 2), np.float32)}, [upd("a", w=view)],
+                           FedAvgSettings(), 1)  # fmt: skip
+    np.testing.assert_array_equal(res.global_tensors["w"], [[1, 3], [2, 4]])
+
+
+def test_gsfs_partial_with_sample_weighting_normalises_per_tensor() -> None:
+    # c sends only b; a sends b with w = 2·10 = 20, c with w = 1·20 = 20 -> b = 0.5·3 + 0.5·1
+    ups = [*gsfs_updates(), upd("c", n=20, base=5, freq=1, b=f32(1))]
+    res = gsfs.aggregate(GLOB, ups, 5, GsfsServerSettings(sample_weighting=True))
+    np.testing.assert_allclose(res.global_tensors["b"], [2.0], rtol=1e-6)
+
+
+def test_metrics_record_is_plain_types() -> None:
+    res = gsfs.aggregate(GLOB, gsfs_updates(), 5, GsfsServerSettings(max_staleness=0))
+    assert res.metrics.to_dict()["excluded"] == {"b": "too_stale"}
