@@ -51,6 +51,24 @@ class TriggerSettings(FrozenSettings):
             raise ValueError("max_silence_steps must be >= min_steps_between_uploads")
         return self
 
+    @model_validator(mode="after")
+    def _gradient_trigger_reachable(self) -> TriggerSettings:
+        # With g folded into μ and s before the test, g > τ reduces to
+        # (g − μ)·(1 − κ(1−β)) > κ·s (mad) or needs κ·√(1−β) < 1 (ema_var): otherwise the
+        # gradient trigger could never fire, which is a configuration error, not a policy.
+        if self.threshold_from != "updated":
+            return self
+        reach = self.kappa * (1 - self.beta)
+        if self.deviation == "ema_var":
+            reach = self.kappa * math.sqrt(1 - self.beta)
+        if reach >= 1:
+            raise ValueError(
+                f"kappa={self.kappa}, beta={self.beta}: the gradient trigger can never fire "
+                "with threshold_from='updated' (need kappa·(1−beta) < 1 for mad, "
+                "kappa·√(1−beta) < 1 for ema_var)"
+            )
+        return self
+
 
 # The wire's enum: a Decision's reason goes into Update.trigger as is (never ROUND here).
 FireReason = TriggerReason

@@ -188,3 +188,16 @@ def test_significant_layers_by_relative_change() -> None:
 def test_largest_layer_always_sent() -> None:
     s = BASE.model_copy(update={"partial_updates": True, "partial_min_relative_change": 1.0})
     assert significant_layers({"a": 0.1, "b": 0.2}, {"a": 1.0, "b": 1.0}, s) == ["b"]
+
+
+def test_unreachable_gradient_trigger_is_refused() -> None:
+    # κ·(1−β) = 2·0.5 = 1: (g − μ)·(1 − 1) > κ·s can never hold
+    with pytest.raises(ValidationError, match="never fire"):
+        TriggerSettings(kappa=2.0, beta=0.5)
+
+
+def test_huge_spike_fires_near_the_reachability_limit() -> None:
+    # κ·(1−β) = 1.5·0.5 = 0.75 < 1: from μ = 1, s = 0 a jump to 100 fires
+    s = BASE.model_copy(update={"kappa": 1.5})
+    decisions, _ = run(s, [{"a": 1.0}, {"a": 1.0}, {"a": 100.0}])
+    assert decisions[-1].fire is True
