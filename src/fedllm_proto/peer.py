@@ -1,0 +1,283 @@
+"""The asyncio shell around one ``Connection``: a BufferedProtocol plus the ``Peer`` facade.
+
+Rules: the protocol object only feeds bytes in (straight into the space the reader asks for,
+so tensor bodies are decrypted/received into their final buffer) and queues events out; one
+write lock serialises whole messages so frames never interleave; every write is followed by
+flow control (and a bounded wait, so a stuck peer cannot pin a sender forever); one timer
+task does heartbeats and the idle timeout. All errors that end a peer are logged here once,
+with its address and reason. The only module besides transport.py/tls.py touching asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, cast
+
+import structlog
+
+from fedllm_proto.connection import Connection, ConnectionClosed
+from fedllm_proto.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from fedllm_proto.messages import Bye, Error, Message
+from fedllm_proto.states import State
+from fedllm_proto.wire import Buffer, EncodedMessage
+
+log = structlog.get_logger("fedllm.transport")
+INBOX_MESSAGES = 4  # received messages queued before we stop reading (bounded memory)
+_WRITE_BATCH = 1 << 20  # bytes written between flow-control checks
+
+
+class PeerClosed(Exception):
+    """The peer said Bye, sent an Error frame, or closed the connection."""
+
+    def __init__(self, reason: str, error: Error | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error  # the peer's Error message, when that is how it ended
+
+
+_Item = Message | BaseException
+
+
+class WireProtocol(asyncio.BufferedProtocol):
+    def __init__(self, conn: Connection, address: str = "?") -> None:
+        self.conn = conn
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.inbox: collections.deque[_Item] = collections.deque()
+        self.bytes_received = 0
+        self._scratch = memoryview(bytearray(65536))  # where bytes go once we stopped caring
+        self._dead = False
+        self._reading_paused = False
+        self._wakeup: asyncio.Event = asyncio.Event()
+        self._can_write: asyncio.Event = asyncio.Event()
+        self._can_write.set()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch if self._dead else self.conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._dead:
+            return
+        self.bytes_received += nbytes
+        try:
+            self.conn.buffer_updated(nbytes, _now())
+        except ProtocolError as exc:
+            self._drain_events()
+            self.fail(exc, "peer_protocol_error")
+            return
+        self._drain_events()
+
+    def eof_received(self) -> bool:
+        if not self._dead:
+            try:
+                self.conn.receive_data(b"", _now())
+            except ProtocolError as exc:
+                self._drain_events()
+                self.fail(exc, "peer_transfer_aborted")
+                return False
+            self._drain_events()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._dead = True
+        self._can_write.set()
+        if not self.inbox or not isinstance(self.inbox[-1], BaseException):
+            self._push(PeerClosed(f"connection lost: {exc or 'closed'}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except ProtocolError:
+                return  # raised again by the caller's receive step
+            if isinstance(event, Bye):
+                self._push(PeerClosed(f"bye: {event.reason}"))
+            elif isinstance(event, Error):
+                self._push(PeerClosed(f"error {event.code.name}: {event.detail}", event))
+            elif isinstance(event, ConnectionClosed):
+                self._push(PeerClosed("connection closed by peer"))
+            elif isinstance(event, Message):
+                self._push(event)
+            else:
+                return
+        # unreachable
+
+    def _push(self, item: _Item) -> None:
+        self.inbox.append(item)
+        self._wakeup.set()
+        if len(self.inbox) >= INBOX_MESSAGES and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()  # backpressure: the app is slower than the peer
+
+    def pop(self) -> _Item | None:
+        if not self.inbox:
+            self._wakeup.clear()
+            return None
+        item = self.inbox.popleft()
+        if self._reading_paused and len(self.inbox) < INBOX_MESSAGES // 2 and not self._dead:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        return item
+
+    async def wait(self) -> None:
+        await self._wakeup.wait()
+
+    def fail(self, exc: ProtocolError, event: str) -> None:
+        """Log why, tell the peer with an Error frame, close, and surface the error."""
+        log.warning(event, address=self.address, code=exc.code.name, reason=exc.detail)
+        if self.transport is not None and not self._dead:
+            self.transport.write(self.conn.send_error(exc, _now()))
+            self.transport.close()
+        self._dead = True
+        self._push(TimeoutError(str(exc)) if exc.code is ErrorCode.IDLE_TIMEOUT else exc)
+
+    async def write(self, buffers: list[Buffer], stall_timeout_s: float | None) -> int:
+        """Write buffers in order with flow control; returns bytes written."""
+        assert self.transport is not None
+        total = pending = 0
+        for buf in buffers:
+            if self._dead or self.transport.is_closing():
+                raise PeerClosed("connection closed while sending")
+            self.transport.write(buf)
+            size = len(buf) if isinstance(buf, bytes) else buf.nbytes
+            total += size
+            pending += size
+            if pending >= _WRITE_BATCH and not self._can_write.is_set():
+                pending = 0
+                await self._wait_writable(stall_timeout_s)
+        if not self._can_write.is_set():
+            await self._wait_writable(stall_timeout_s)
+        return total
+
+    async def _wait_writable(self, stall_timeout_s: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._can_write.wait(), stall_timeout_s)
+        except TimeoutError:
+            log.warning("peer_send_stalled", address=self.address, timeout_s=stall_timeout_s)
+            assert self.transport is not None
+            self.transport.abort()
+            raise
+        if self._dead:
+            raise PeerClosed("connection closed while sending")
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+class Peer:
+    """One connected peer: send/recv typed messages; heartbeats and idle handled inside."""
+
+    def __init__(self, proto: WireProtocol, peer_id: str, idle_timeout_s: float | None) -> None:
+        self._proto = proto
+        self._conn = proto.conn
+        self.peer_id = peer_id  # client id from the certificate CN ("" on plain TCP)
+        self.address = proto.address
+        self.bytes_sent = 0
+        self._idle_timeout_s = idle_timeout_s
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
+
+    @property
+    def protocol_version(self) -> int:
+        return self._conn.protocol_version or self._conn.send_version
+
+    @property
+    def bytes_received(self) -> int:
+        return self._proto.bytes_received
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    async def send(self, msg: Message) -> None:
+        async with self._lock:
+            self._check_sendable()
+            await self._write(self._conn.send_buffers(msg, _now()))
+
+    async def send_prepared(self, prepared: Any) -> None:
+        """Send a message encoded once by ``transport.prepare`` (same bytes to every peer)."""
+        encoded: EncodedMessage = prepared.encoded
+        async with self._lock:
+            self._check_sendable()
+            await self._write(self._conn.send_encoded(encoded, prepared.message, _now()))
+
+    def _check_sendable(self) -> None:
+        if self._proto.lost.done() or self._conn.state is State.CLOSED:
+            raise PeerClosed("connection is closed")
+
+    async def _write(self, buffers: list[Buffer]) -> None:
+        self.bytes_sent += await self._proto.write(buffers, self._idle_timeout_s)
+
+    async def recv(self) -> Message:
+        """The next message; raises PeerClosed, ProtocolError or TimeoutError (idle)."""
+        while True:
+            item = self._proto.pop()
+            if item is None:
+                await self._proto.wait()
+                continue
+            if isinstance(item, BaseException):
+                self._proto.inbox.appendleft(item)  # every later recv raises it again
+                raise item
+            return item
+
+    async def close(self, reason: str = "") -> None:
+        """Send Bye (if the conversation is still open) and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        transport = self._proto.transport
+        try:
+            async with asyncio.timeout(5.0):
+                async with self._lock:
+                    if self._conn.state not in (State.CLOSED, State.ERROR, State.IDLE):
+                        await self._write(self._conn.send_buffers(Bye(reason[:4096]), _now()))
+        except (PeerClosed, TimeoutError, OSError, LocalProtocolError):
+            pass
+        self._timer.cancel()
+        if transport is not None:
+            transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._proto.lost
+
+    async def _timer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._proto.lost.done():
+            deadline = self._conn.get_timer()
+            delay = 1.0 if deadline is None else max(0.0, deadline - loop.time())
+            await asyncio.sleep(delay)
+            self._tick(loop.time())
+
+    def _tick(self, now: float) -> None:
+        if self._proto.lost.done() or self._conn.state in (State.CLOSED, State.ERROR):
+            return
+        if self._proto.reading_paused:
+            self._conn.note_alive(now)  # we stopped reading on purpose: not the peer's silence
+        try:
+            data = self._conn.handle_timer(now, can_send=not self._lock.locked())
+        except RemoteProtocolError as exc:
+            self._proto.fail(exc, "peer_idle_timeout")
+            return
+        if data and self._proto.transport is not None:
+            self._proto.transport.write(data)
+            self.bytes_sent += len(data)
