@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedllm_server.pool import GsfsPool, PoolEntry, quorum_size
 from fedllm_server.strategies import EmptyAggregationError, GsfsServerSettings
@@ -151,3 +153,17 @@ def test_checkpoint_round_trip_keeps_entries_and_frequencies() -> None:
     back = GsfsPool.from_dict(s, pool.to_dict(now=5.0), now=5.0)
     got = back.take(6.0, "quorum").updates[0]
     assert (got.base_version, got.frequency, got.tensors["w"].tolist()) == (4, 2, [2.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcd"), min_size=1, max_size=8), min_size=1, max_size=5))
+def test_unwindowed_frequency_counts_every_upload(periods: list[list[str]]) -> None:
+    pool = GsfsPool(GsfsServerSettings(), now=0.0)
+    t = 0.0
+    for uploads in periods:
+        for cid in uploads:
+            t += 1
+            pool.add(entry(cid, t))
+        batch = pool.take(t, "quorum")
+    everything = [cid for uploads in periods for cid in uploads]
+    assert batch.frequencies == {cid: everything.count(cid) for cid in set(everything)}

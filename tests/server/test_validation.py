@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fedllm_server.strategies import ValidationSettings
 from fedllm_server.validation import (
@@ -178,3 +181,15 @@ def test_reject_codes_match_the_wire_names() -> None:
         "fingerprint_mismatch", "tensor_mismatch", "non_finite", "norm_too_large",
         "future_version", "too_stale", "replay", "rate_limited", "unexpected",
     }  # fmt: skip
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    where=st.integers(0, 6),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    values=hnp.arrays(np.float32, 7, elements=st.floats(-1, 1, width=32)),
+)
+def test_any_non_finite_entry_is_rejected(where: int, bad: float, values: np.ndarray) -> None:
+    values[where] = bad
+    update = view(a=values[:4].reshape(2, 2).copy(), b=values[4:].copy())
+    assert verdict(update) == RejectCode.NON_FINITE
