@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedllm_core.data import FlowTable, LoadReport, load_flows, read_flow_file
+from fedllm_core.data import FlowTable, LoadReport, ZeekStream, load_flows, read_flow_file
 from fedllm_core.data.zeek import capture_from_path
 from fedllm_core.errors import DataError
+from fedllm_core.prompts import get_template, render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNIPPET = FIXTURES / "CTU-IoT-Malware-Capture-34-1" / "bro" / "conn.log.labeled"
@@ -147,3 +148,37 @@ def test_folder_loads_every_flow_file(tmp_path: Path) -> None:
 
 def test_capture_name_falls_back_to_file_name() -> None:
     assert capture_from_path(Path("/x/y/conn.log.labeled")) == "conn.log.labeled"
+
+
+def _unlabelled_lines() -> list[str]:
+    # The snippet as plain Zeek writes it on an edge host: no label fields.
+    out = []
+    for line in SNIPPET.read_text().splitlines():
+        if line.startswith(("#fields", "#types")) or not line.startswith("#"):
+            line = line.split("   ")[0]
+        out.append(line)
+    return out
+
+
+def test_stream_reads_an_unlabelled_live_log() -> None:
+    stream = ZeekStream()
+    records = [r for r in map(stream.feed, _unlabelled_lines()) if r is not None]
+    assert (len(records), records[4]["service"], "label" in records[4]) == (12, "irc", False)
+
+
+def test_stream_record_renders_like_the_loaded_row() -> None:
+    stream = ZeekStream()
+    records = [r for r in map(stream.feed, _unlabelled_lines()) if r is not None]
+    table, _ = _read(SNIPPET)
+    compact = get_template("compact")
+    assert [compact(r) for r in records] == render(compact, table)
+
+
+def test_stream_without_header_takes_unlabelled_iot23_order() -> None:
+    record = ZeekStream().feed(_unlabelled_lines()[HEADER_LINES])
+    assert record is not None and record["history"] == "DdAtaFf"
+
+
+def test_stream_refuses_a_short_line() -> None:
+    with pytest.raises(ValueError, match="fields"):
+        ZeekStream().feed("1.0\tCabc\t10.0.0.1")

@@ -23,7 +23,7 @@ from fedllm_core.data.partition import PartitionScheme, partition_indices
 from fedllm_core.data.settings import DataSettings
 from fedllm_core.data.splits import Splits, split_indices, strata_ids, stratified_subsample
 from fedllm_core.data.table import FlowTable
-from fedllm_core.data.zeek import LineProblem, LoadReport, read_flow_file
+from fedllm_core.data.zeek import LineProblem, LoadReport, ZeekStream, read_flow_file
 
 __all__ = [
     "OTHER",
@@ -38,6 +38,7 @@ __all__ = [
     "PreparedData",
     "Splits",
     "Task",
+    "ZeekStream",
     "encode_labels",
     "fine_classes",
     "label_names",

@@ -65,7 +65,7 @@ IndexArray = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, eq=False)
 class FlowTable:
-    """Flow records, one numpy array per field, all of the same length."""
+    """Flow records, one numpy array per field, all of the same length (made read-only)."""
 
     strings: Mapping[str, ObjectArray]
     numbers: Mapping[str, FloatArray]
@@ -74,6 +74,9 @@ class FlowTable:
         lengths = {len(a) for a in (*self.strings.values(), *self.numbers.values())}
         if len(lengths) > 1:
             raise ValueError(f"FlowTable columns differ in length: {sorted(lengths)}")
+        # Loaded tables are cached and shared: make accidental in-place edits an error.
+        for array in (*self.strings.values(), *self.numbers.values()):
+            array.flags.writeable = False
 
     @classmethod
     def from_lists(

@@ -149,28 +149,60 @@ def _unescape_separator(value: str) -> str:
     return value.encode("ascii").decode("unicode_escape") if value.startswith("\\x") else value
 
 
-def _read_zeek(lines: Iterable[str], col: _Collector, capture: str) -> None:
-    separator = "\t"
-    fields: list[str] = list(ZEEK_FIELDS)  # used when a file has no #fields header
-    for number, raw in enumerate(lines, start=1):
+class ZeekStream:
+    """Incremental parser of one Zeek conn.log, labelled or not (also for live, growing logs).
+
+    ``feed(line)`` follows the ``#separator``/``#fields`` headers and returns a data line as a
+    dict of Zeek strings keyed by field name (``None`` for header and blank lines). A data line
+    whose field count does not match the header raises ``ValueError`` with the reason. Without
+    a ``#fields`` header the IoT-23 order is assumed, with or without the label fields.
+    Prompt templates accept these string records as they are.
+    """
+
+    def __init__(self) -> None:
+        self.separator = "\t"
+        self.fields: list[str] | None = None
+
+    def feed(self, raw: str) -> dict[str, str] | None:
         line = raw.rstrip("\r\n")
         if not line:
-            continue
+            return None
         if line.startswith("#"):
-            key, _, value = line.partition(" " if line.startswith("#separator") else separator)
-            if key == "#separator":
-                separator = _unescape_separator(value.strip())
-            elif key == "#fields":
-                fields = _zeek_split(value, separator)
-            continue
-        values = _zeek_split(line, separator)
+            self._header(line)
+            return None
+        values = _zeek_split(line, self.separator)
+        fields = self.fields or _default_fields(len(values))
         if len(values) != len(fields):
-            col.bad(number, f"expected {len(fields)} fields, got {len(values)}")
+            raise ValueError(f"expected {len(fields)} fields, got {len(values)}")
+        return dict(zip(fields, values, strict=True))
+
+    def _header(self, line: str) -> None:
+        key, _, value = line.partition(" " if line.startswith("#separator") else self.separator)
+        if key == "#separator":
+            self.separator = _unescape_separator(value.strip())
+        elif key == "#fields":
+            self.fields = _zeek_split(value, self.separator)
+
+
+def _default_fields(count: int) -> list[str]:
+    # A headerless unlabelled conn.log has the first 21 IoT-23 fields (up to tunnel_parents).
+    unlabelled = ZEEK_FIELDS[: ZEEK_FIELDS.index("tunnel_parents") + 1]
+    return list(unlabelled if count == len(unlabelled) else ZEEK_FIELDS)
+
+
+def _read_zeek(lines: Iterable[str], col: _Collector, capture: str) -> None:
+    stream = ZeekStream()
+    for number, raw in enumerate(lines, start=1):
+        try:
+            record = stream.feed(raw)
+        except ValueError as exc:
+            col.bad(number, str(exc))
             continue
-        record = dict(zip(fields, values, strict=True))
+        if record is None:
+            continue
         missing = [f for f in ZEEK_FIELDS if f not in record]
         if missing:
-            col.bad(number, f"header lacks fields {missing}")
+            col.bad(number, f"lacks fields {missing}")
             continue
         record.setdefault(CAPTURE, capture)
         col.add(number, record)
