@@ -127,6 +127,11 @@ class SyncRounds:
         if self.current is not None and client_id not in self.current.contributed:
             self.current.contributed.append(client_id)
 
+    def withdraw(self, client_id: str) -> None:
+        """A reserved contribution was rejected by the door: the client may try again."""
+        if self.current is not None and client_id in self.current.contributed:
+            self.current.contributed.remove(client_id)
+
     def aggregated(self, new_version: int) -> None:
         """The daemon finished applying the closed round."""
         self.version = new_version

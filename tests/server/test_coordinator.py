@@ -122,3 +122,11 @@ def test_resumed_round_keeps_logged_contributions() -> None:
     (close,) = sr.poll(1.0)
     assert isinstance(close, CloseRound)
     assert (start.round, start.clients, close.contributed) == (7, ("b",), ("a", "b"))
+
+
+def test_withdrawn_contribution_can_be_made_again() -> None:
+    sr = _rounds()
+    start = _started(sr, ["a", "b"])
+    sr.contributed("a")
+    sr.withdraw("a")
+    assert sr.expects("a", start.round)

@@ -1,0 +1,44 @@
+"""Broadcast of a global model: encode ONCE off the event loop, queue the same bytes to all.
+
+Rules: `encode_global` runs the codec in a worker thread (a few MB of tensors must not stall
+heartbeats) and returns the transport's `PreparedMessage`; `fan_out` offers that one object to
+every session's bounded outbox without awaiting any of them, so all clients are sent to
+concurrently by their own writer tasks and a slow one is dropped rather than waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fedllm_proto.messages import GlobalModel
+from fedllm_proto.transport import PreparedMessage, prepare
+from fedllm_server.session import ClientSession
+from fedllm_server.strategies.base import TensorDict
+
+
+@dataclass(frozen=True)
+class FanOut:
+    queued: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # outbox full: disconnected to resync
+    bytes_out: int = 0  # encoded bytes times the clients it was queued to
+
+
+def prepared_size(prepared: PreparedMessage) -> int:
+    """Encoded size of a prepared message in bytes."""
+    return int(prepared.nbytes)
+
+
+async def encode_global(version: int, tensors: TensorDict) -> PreparedMessage:
+    """Build and encode GlobalModel(version, tensors) once, in a worker thread."""
+    return await asyncio.to_thread(prepare, GlobalModel(version=version, tensors=tensors))
+
+
+def fan_out(sessions: Iterable[ClientSession], prepared: PreparedMessage) -> FanOut:
+    """Queue `prepared` to every session; never awaits, so no client waits for another."""
+    size = prepared_size(prepared)
+    report = FanOut()
+    for session in list(sessions):
+        (report.queued if session.offer(prepared) else report.dropped).append(session.client_id)
+    return FanOut(report.queued, report.dropped, size * len(report.queued))

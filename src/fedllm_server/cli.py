@@ -1,0 +1,81 @@
+"""`fedllm server` and the `fedllm-server` console script (what systemd runs).
+
+Exit codes (fedllm_core.errors.ExitCode): 0 after a clean stop (SIGTERM or
+`stop_after_versions`), 78 for a bad setting (the message names the field), 77 for TLS files,
+71 when the port cannot be bound, 65 for unusable data/model, 1 for a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedllm_core.errors import FedllmError
+from fedllm_core.logging import configure_logging
+from fedllm_core.settings import load_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="server TOML settings (configs/server.toml)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain TCP without client authentication (loopback benchmarks only)",
+    )
+    parser.add_argument("--port", type=int, help="override the listening port")
+    parser.add_argument("--state-dir", type=Path, help="override state_dir")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if args.insecure:
+        out["insecure"] = True
+    if args.port is not None:
+        out["port"] = args.port
+    if args.state_dir is not None:
+        out["state_dir"] = str(args.state_dir)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load settings, configure logging, run the daemon; FedllmError maps to its exit code."""
+    from fedllm_server.settings import ENV_PREFIX, ServerSettings
+
+    settings = load_settings(
+        ServerSettings, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args)
+    )
+    configure_logging(settings.logging.level, json=settings.logging.json_lines, component="server")
+    from fedllm_server.daemon import serve_forever
+    from fedllm_server.evaluation import CentralModel
+
+    central = CentralModel(settings)  # slow (torch, tokenizer): before READY, on purpose
+    return _run_loop(serve_forever(settings, central))
+
+
+def _run_loop(main: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional on platforms without it
+        return int(asyncio.run(main))  # type: ignore[arg-type]
+    return int(uvloop.run(main))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `fedllm-server`."""
+    parser = argparse.ArgumentParser(prog="fedllm-server", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except FedllmError as exc:
+        print(f"fedllm-server: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

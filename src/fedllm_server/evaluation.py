@@ -1,0 +1,86 @@
+"""The server's own model: the initial global state and central evaluation on the test split.
+
+Rules: one model instance per server process, built once from the model settings with the
+server seed; its trainable state is θ^0 when no checkpoint exists. Central evaluation loads a
+global state into that instance and scores the held-out test split (tokenised once at start-up,
+optionally a stratified sample of `evaluation.max_samples` rows). `evaluate` is blocking torch
+work: the daemon runs it in its own single worker thread, never on the event loop, and never
+concurrently with itself (the instance is shared).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedllm_core.data import load_eval_data, stratified_subsample, template_for
+from fedllm_core.model import (
+    ModelBundle,
+    build_model,
+    load_trainable_state,
+    model_fingerprint,
+    trainable_state,
+)
+from fedllm_core.training import EncodedSplit, encode_split
+from fedllm_core.training import evaluate as evaluate_split
+from fedllm_server.settings import ServerSettings
+from fedllm_server.strategies.base import TensorDict
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    fingerprint: str
+    labels: tuple[str, ...]
+    template: str  # name@version
+
+
+class CentralModel:
+    """θ^0, the federation fingerprint, and evaluation of any global state."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        template = template_for(settings.data)
+        eval_data = load_eval_data(settings.data, template)
+        self.identity = ModelIdentity(
+            fingerprint=model_fingerprint(settings.model, eval_data.label_names, template),
+            labels=tuple(eval_data.label_names),
+            template=template.key,
+        )
+        self.bundle: ModelBundle = build_model(
+            settings.model, eval_data.label_names, seed=settings.seed
+        )
+        self._split: EncodedSplit | None = None
+        self._texts, self._labels = eval_data.texts, np.asarray(eval_data.labels)
+
+    def initial_state(self) -> TensorDict:
+        """θ^0: the seeded LoRA factors and head of the freshly built model."""
+        return trainable_state(self.bundle.model)
+
+    def _test_split(self) -> EncodedSplit:
+        if self._split is None:  # tokenised once, lazily (off the loop, on first evaluation)
+            texts, labels = self._texts, self._labels
+            cap = self.settings.evaluation.max_samples
+            if cap is not None and len(labels) > cap:
+                keep = np.sort(stratified_subsample(labels, cap, self.settings.seed))
+                texts, labels = [texts[i] for i in keep], labels[keep]
+            self._split = encode_split(
+                self.bundle.tokenizer, texts, labels, self.settings.model.max_length
+            )
+        return self._split
+
+    def evaluate(self, state: TensorDict) -> dict[str, float]:
+        """Accuracy, macro/weighted F1, precision, recall and loss of `state` on the test split."""
+        load_trainable_state(self.bundle.model, state)
+        split = self._test_split()
+        metrics = evaluate_split(self.bundle, split, self.settings.evaluation.batch_size)
+        return {**metrics, "samples": float(len(split))}
+
+    def wants(self, version: int) -> bool:
+        """Whether the cadence asks for evaluating this version."""
+        every = self.settings.evaluation.every_versions
+        if every == 0:
+            return False
+        if version == 0:
+            return self.settings.evaluation.evaluate_initial
+        return version % every == 0 or version == self.settings.stop_after_versions

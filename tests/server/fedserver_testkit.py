@@ -1,0 +1,200 @@
+"""Test kit for the server tests: tiny settings and a scripted protocol client.
+
+The scripted client is a real peer over the real transport (TLS when given a context): it
+sends Hello, receives Welcome and every GlobalModel, answers TrainRequests with real deltas
+(small seeded random arrays with the global model's names and shapes) or, in GSFS mode, uploads
+on its own schedule. Faults are explicit knobs (NaNs, wrong shapes, replays, floods), so a test
+says what misbehaviour it exercises. It is not a mock of the server; the real client daemon is
+tested against the server by the client engineer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedllm_core.certs import PkiPaths
+from fedllm_proto.messages import (
+    PROTOCOL_VERSIONS,
+    Ack,
+    Error,
+    GlobalModel,
+    Hello,
+    Reject,
+    TrainRequest,
+    TriggerReason,
+    Update,
+    Welcome,
+)
+from fedllm_proto.transport import Peer, PeerClosed, connect
+
+TINY_MODEL: dict[str, Any] = {
+    "name": "bert",
+    "random_init": True,
+    "lora_r": 2,
+    "max_length": 32,
+    "config_overrides": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+}
+TINY_DATA: dict[str, Any] = {"max_rows": 600, "test_max": 40}
+
+
+def tiny_settings_dict(
+    state_dir: Path, pki: PkiPaths | None, strategy: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """Settings (as a dict, for TOML or model_validate) of a fast loopback server."""
+    cfg: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "state_dir": str(state_dir),
+        "strategy": strategy,
+        "model": TINY_MODEL,
+        "data": TINY_DATA,
+        "evaluation": {"every_versions": 1, "max_samples": 40, "batch_size": 40},
+        "heartbeat_interval_s": 1.0,
+        "idle_timeout_s": 10.0,
+        "rounds": {"min_clients": 2, "local_steps": 1, "deadline_s": 5.0},
+        "logging": {"level": "info", "json_lines": True},
+    }
+    if pki is None:
+        cfg["insecure"] = True
+    else:
+        cfg["tls"] = {
+            "ca": str(pki.ca_cert),
+            "cert": str(pki.server_cert),
+            "key": str(pki.server_key),
+            "revocation_list": str(pki.revocation_list),
+        }
+    cfg.update(extra)
+    return cfg
+
+
+@dataclass
+class Faults:
+    """Misbehaviour knobs for a scripted client."""
+
+    nan: bool = False  # every delta holds a NaN
+    wrong_shape: bool = False  # the first tensor has one extra row
+    replay: bool = False  # re-send the previous update_id once after each accepted upload
+
+
+@dataclass
+class ScriptedClient:
+    name: str
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None
+    fingerprint: str
+    sample_count: int = 100
+    seed: int = 0
+    faults: Faults = field(default_factory=Faults)
+    peer: Peer | None = None
+    welcome: Welcome | None = None
+    versions: list[int] = field(default_factory=list)
+    global_tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    acks: list[Ack] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    errors: list[Error] = field(default_factory=list)
+    requests: list[TrainRequest] = field(default_factory=list)
+    closed_reason: str = ""
+    sent: int = 0
+
+    async def connect(self) -> Welcome | Reject:
+        self.peer = await connect(self.host, self.port, self.ssl_context, "localhost")
+        hello = Hello(
+            PROTOCOL_VERSIONS,
+            self.fingerprint,
+            (),
+            self.sample_count,
+            self.versions[-1] if self.versions else -1,
+            client_name=self.name,
+        )
+        await self.peer.send(hello)
+        reply = await self.peer.recv()
+        assert isinstance(reply, Welcome | Reject), reply
+        if isinstance(reply, Welcome):
+            self.welcome = reply
+        return reply
+
+    @property
+    def version(self) -> int:
+        return self.versions[-1] if self.versions else -1
+
+    def delta(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.sent])
+        out = {
+            k: rng.normal(0, 0.01, v.shape).astype(np.float32)
+            for k, v in self.global_tensors.items()
+        }
+        if self.faults.nan:
+            first = next(iter(out))
+            out[first].reshape(-1)[0] = np.nan
+        if self.faults.wrong_shape:
+            first = next(iter(out))
+            out[first] = np.zeros((out[first].shape[0] + 1, *out[first].shape[1:]), np.float32)
+        return out
+
+    async def upload(self, round_number: int = -1, update_id: str | None = None) -> str:
+        assert self.peer is not None
+        trigger = TriggerReason.ROUND if round_number >= 0 else TriggerReason.PERFORMANCE
+        uid = update_id or f"{self.name}-{self.seed}-{self.sent}"
+        update = Update(
+            uid,
+            self.version,
+            round_number,
+            self.sample_count,
+            trigger,
+            {"f1_macro": 0.5},
+            self.delta(),
+        )
+        self.sent += 1
+        await self.peer.send(update)
+        return uid
+
+    async def serve(self, *, answer_rounds: bool = True) -> None:
+        """Receive until the server closes the connection; answer TrainRequests."""
+        assert self.peer is not None
+        last_uid = ""
+        try:
+            while True:
+                msg = await self.peer.recv()
+                if isinstance(msg, GlobalModel):
+                    self.versions.append(msg.version)
+                    self.global_tensors = dict(msg.tensors)
+                elif isinstance(msg, TrainRequest):
+                    self.requests.append(msg)
+                    if answer_rounds:
+                        last_uid = await self.upload(msg.round)
+                elif isinstance(msg, Ack):
+                    self.acks.append(msg)
+                    if self.faults.replay and msg.update_id == last_uid:
+                        await self.upload(-1, update_id=last_uid)
+                elif isinstance(msg, Reject):
+                    self.rejects.append(msg)
+                elif isinstance(msg, Error):
+                    self.errors.append(msg)
+        except PeerClosed as exc:
+            self.closed_reason = str(exc)
+        except (ConnectionError, TimeoutError) as exc:
+            self.closed_reason = repr(exc)
+
+    async def upload_every(self, interval_s: float, count: int) -> None:
+        """GSFS-style: `count` uploads against the newest global model, `interval_s` apart."""
+        for _ in range(count):
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(PeerClosed, ConnectionError):
+                await self.upload()
+
+    async def close(self) -> None:
+        if self.peer is not None:
+            await self.peer.close("test done")
