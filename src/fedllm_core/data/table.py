@@ -83,10 +83,7 @@ class FlowTable:
         cls,
         strings: Mapping[str, Sequence[str]],
         numbers: Mapping[str, Sequence[float]],
-        *,
-        source: str = "",
     ) -> FlowTable:
-        del source  # kept for call-site readability; tables do not track files per row
         return cls(
             strings={k: _object_array(v) for k, v in strings.items()},
             numbers={k: np.asarray(v, dtype=np.float64) for k, v in numbers.items()},

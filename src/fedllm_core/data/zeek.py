@@ -116,7 +116,7 @@ class _Collector:
         return LoadReport((self.file,), rows, (rows,), self.malformed, tuple(self.problems))
 
     def table(self) -> FlowTable:
-        return FlowTable.from_lists(self.strings, self.numbers, source=self.file)
+        return FlowTable.from_lists(self.strings, self.numbers)
 
 
 def capture_from_path(path: Path) -> str:
