@@ -21,7 +21,7 @@ from fedllm_proto import tls
 
 @pytest.fixture
 def fed(pki: Any) -> certs.PkiPaths:
-    return pki.federation  # type: ignore[no-any-return]
+    return pki.federation
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ Scenario = Callable[[Server], Awaitable[Any]]
 
 def run_server(
     ctx: ssl.SSLContext, revocation: tls.RevocationList | None, scenario: Scenario
-) -> tuple[Server, Any, list[dict[str, Any]]]:
+) -> tuple[Server, Any, list[MutableMapping[str, Any]]]:
     """Serve on 127.0.0.1:0, run ``scenario(server)``; returns server, result, log events."""
 
     async def main() -> Any:
@@ -113,7 +113,7 @@ def run_server(
     return server, result, logs
 
 
-def refusals(logs: list[dict[str, Any]]) -> list[str]:
+def refusals(logs: list[MutableMapping[str, Any]]) -> list[str]:
     return [e["reason"] for e in logs if e["event"] == "peer_refused"]
 
 
@@ -149,7 +149,7 @@ def test_tls_13_is_negotiated(pki: Any) -> None:
         )
         version = writer.get_extra_info("ssl_object").version()
         writer.transport.abort()
-        return version  # type: ignore[no-any-return]
+        return version
 
     assert run_server(pki.server_context(), None, scenario)[1] == "TLSv1.3"
 
