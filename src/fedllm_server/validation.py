@@ -1,9 +1,10 @@
 """Checks at the door: every update is judged here before it touches a round or the GSFS pool.
 
-Rules: the verdict is a `fedllm_proto.messages.RejectCode` or None. Checks run
-cheapest first so a flood costs O(1) per message: fingerprint, future_version, too_stale,
-replay, rate_limited (one token per update that reaches the gate, accepted or not), then the
-O(model) tensor checks tensor_mismatch, non_finite, norm_too_large. An accepted update's id is
+Rules: the verdict is a `fedllm_proto.messages.RejectCode` or None. Checks run cheapest first
+so a flood costs O(1) per message: fingerprint, sample_count ≥ 1 (as `unexpected`, when the
+caller passes it), future_version, too_stale, replay, rate_limited (one token per update that
+reaches the gate, accepted or not), then the O(model) tensor checks tensor_mismatch,
+non_finite, norm_too_large. An accepted update's id is
 remembered (per-client LRU) so a replay is refused. `DoorState` is the only state; it is
 explicit, bounded, serialisable and changed only by `check_update`/`validate_update`. No clock:
 `now` is an argument.
@@ -52,6 +53,7 @@ class UpdateView:
     fingerprint: str  # the fingerprint the client's session was admitted with
     base_version: int
     tensors: Mapping[str, npt.NDArray[Any]]
+    sample_count: int | None = None  # n_i; checked (≥ 1) when given
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,9 @@ def check_update(
     """
     if update.fingerprint != ref.fingerprint:
         return Verdict(RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
+    if update.sample_count is not None and update.sample_count < 1:
+        # n_i = 0 would weigh nothing (or divide by zero); no code fits better than this one
+        return Verdict(RejectCode.UNEXPECTED, f"sample_count {update.sample_count} < 1")
     staleness = 0 if sync else settings.max_staleness
     early = check_version(update.base_version, ref.version, staleness)
     early = early or _gate(update, settings, door, now)

@@ -244,9 +244,23 @@ def test_weighted_sum_rejects_shape_change() -> None:
         acc.add("b", {"w": f32(1, 2, 3)}, 1.0)
 
 
-def test_weighted_sum_rejects_nonpositive_weight() -> None:
+def test_weighted_sum_rejects_negative_weight() -> None:
     with pytest.raises(ValueError, match="weight"):
-        WeightedSum().add("a", {"w": f32(1)}, 0.0)
+        WeightedSum().add("a", {"w": f32(1)}, -1.0)
+
+
+def test_zero_sample_client_is_left_out_not_fatal() -> None:
+    # n = 0 weighs nothing: the step is b's delta alone
+    ups = [upd("a", n=0, w=f32(9, 9)), upd("b", n=2, w=f32(1, 2))]
+    res = fedavg.aggregate({"w": f32(0, 0)}, ups, FedAvgSettings(), 1)
+    assert (res.global_tensors["w"].tolist(), res.metrics.excluded) == (
+        [1.0, 2.0], {"a": "zero_weight"},
+    )  # fmt: skip
+
+
+def test_only_zero_weight_clients_is_an_empty_aggregation() -> None:
+    with pytest.raises(EmptyAggregationError):
+        fedavg.aggregate({"w": f32(0)}, [upd("a", n=0, w=f32(1))], FedAvgSettings(), 1)
 
 
 def test_strategy_settings_discriminated_by_name() -> None:

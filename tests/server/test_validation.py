@@ -163,6 +163,11 @@ def test_bad_tensors_still_cost_a_token() -> None:
     assert validate_update(view(uid="u2"), REF, s, door, 0.0) == RejectCode.RATE_LIMITED
 
 
+def test_zero_sample_count_is_unexpected() -> None:
+    update = UpdateView("c1", "u1", "fp1", 10, {"b": np.ones(3, np.float32)}, sample_count=0)
+    assert verdict(update) == RejectCode.UNEXPECTED
+
+
 def test_fingerprint_checked_before_version() -> None:
     assert verdict(view(fp="other", base=99)) == RejectCode.FINGERPRINT_MISMATCH
 

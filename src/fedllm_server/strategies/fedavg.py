@@ -49,6 +49,7 @@ def finish(
         update_norms=dict(acc.norms),
         step_norm=step_norm,
         tensor_clients=tensor_clients,
+        excluded=dict(acc.excluded),
     )
     return StrategyResult(new_global, None, metrics)
 

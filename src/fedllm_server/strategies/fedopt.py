@@ -123,6 +123,7 @@ def finish(
         update_norms=dict(acc.norms),
         step_norm=step_norm,
         tensor_clients=tensor_clients,
+        excluded=dict(acc.excluded),
         extra={"server_lr": lr, "optimizer_step": float(step_count)},
     )
     return StrategyResult(new_global, FedOptState(m_out, u_out, step_count), metrics)

@@ -75,7 +75,7 @@ def aggregate(
         update_norms=dict(acc.norms),
         step_norm=step_norm,
         tensor_clients=tensor_clients,
-        excluded=excluded,
+        excluded={**excluded, **acc.excluded},
         extra={"max_staleness_included": float(worst)},
     )
     return StrategyResult(new_global, None, metrics)

@@ -51,6 +51,7 @@ class WeightedSum:
         self.clients: list[str] = []
         self.raw_weights: dict[str, float] = {}
         self.norms: dict[str, float] = {}
+        self.excluded: dict[str, str] = {}  # client -> why it was left out
 
     def add(
         self,
@@ -59,11 +60,18 @@ class WeightedSum:
         weight: float,
         norm: float | None = None,
     ) -> None:
-        """Fold w·Δ into the sums. ‖Δ‖₂ is computed in the same pass unless `norm` is given."""
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"weight for {client_id!r} must be finite and > 0, got {weight}")
-        if client_id in self.raw_weights:
+        """Fold w·Δ into the sums. ‖Δ‖₂ is computed in the same pass unless `norm` is given.
+
+        A zero weight (e.g. n_i = 0 under sample weighting) leaves the client out, recorded in
+        `excluded`, rather than failing a whole round; negative or non-finite weights are bugs.
+        """
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight for {client_id!r} must be finite and >= 0, got {weight}")
+        if client_id in self.raw_weights or client_id in self.excluded:
             raise ValueError(f"client {client_id!r} folded twice into one aggregation")
+        if weight == 0:
+            self.excluded[client_id] = "zero_weight"
+            return
         squares = 0.0
         for name, delta in tensors.items():
             squares += self._fold(name, delta, weight, want_norm=norm is None)
