@@ -58,6 +58,9 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _configure(ctx, Path(ca_path), Path(cert_path), Path(key_path))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    # No session tickets: every connection does a full handshake with a fresh certificate check
+    # (clients connect rarely and stay connected; resumption would buy nothing).
+    ctx.num_tickets = 0
     return ctx
 
 

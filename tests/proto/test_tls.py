@@ -57,6 +57,10 @@ def test_server_context_is_tls13_only(fed: certs.PkiPaths) -> None:
     assert (ctx.minimum_version, ctx.maximum_version) == (ssl.TLSVersion.TLSv1_3,) * 2
 
 
+def test_server_issues_no_session_tickets(fed: certs.PkiPaths) -> None:
+    assert tls.server_context(fed.ca_cert, fed.server_cert, fed.server_key).num_tickets == 0
+
+
 def test_server_requires_client_certificate_by_default(fed: certs.PkiPaths) -> None:
     ctx = tls.server_context(fed.ca_cert, fed.server_cert, fed.server_key)
     assert ctx.verify_mode == ssl.CERT_REQUIRED
