@@ -129,3 +129,12 @@ def test_partition_index_out_of_range_is_refused() -> None:
 def test_unknown_template_is_refused_in_settings() -> None:
     with pytest.raises(ValidationError, match="template"):
         DataSettings(template="haiku")
+
+
+def test_capture_clients_hold_disjoint_captures_covering_all_19() -> None:
+    base = DataSettings(**FAST)  # type: ignore[arg-type]
+    held = [
+        load_client_data(base.model_copy(update={"partition_index": i})).captures for i in range(5)
+    ]
+    flat = [c for captures in held for c in captures]
+    assert (len(flat), len(set(flat))) == (19, 19)

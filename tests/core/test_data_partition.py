@@ -113,3 +113,11 @@ def test_any_partition_is_exact_cover(k: int, seed: int, scheme: PartitionScheme
     rows = _rows(n=200, seed=seed)
     parts = partition_indices(scheme, k, seed=seed, **rows)  # type: ignore[arg-type]
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(200))
+
+
+def test_client_left_without_validation_gets_one_row_moved() -> None:
+    # capture "b" has only train rows: its client would have an empty validation set.
+    groups = np.array(["a"] * 10 + ["b"] * 3)
+    blocks = np.array([0, 1] * 5 + [0, 0, 0])
+    parts = partition_indices("capture", 2, labels=np.zeros(13), groups=groups, blocks=blocks)
+    assert ([int(np.count_nonzero(blocks[p] == 1)) for p in parts], len(parts[1])) == ([4, 1], 4)
