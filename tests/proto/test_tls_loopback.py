@@ -31,7 +31,7 @@ ClientResult = Welcome | BaseException | bytes
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def runner(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]:
-    return asyncio.run if request.param == "asyncio" else run  # type: ignore[return-value]
+    return asyncio.run if request.param == "asyncio" else run
 
 
 @dataclass
@@ -117,7 +117,7 @@ def run_federation(
             await server.wait_closed()
 
     with capture_logs() as logs:
-        return runner(main())  # type: ignore[no-any-return]
+        return runner(main())
 
 
 def one_client(
