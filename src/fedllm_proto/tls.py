@@ -197,6 +197,7 @@ _HANDSHAKE_REASONS: tuple[tuple[str, str], ...] = (
     ("unable to get local issuer certificate", "certificate not issued by the federation CA"),
     ("self-signed certificate", "self-signed certificate, not issued by the federation CA"),
     ("certificate has expired", "certificate expired"),
+    ("certificate purpose", "certificate is not for this role (client vs server)"),
     ("Hostname mismatch", "server certificate does not match the host name"),  # client side
     ("ALERT_BAD_CERTIFICATE", "peer rejected our certificate (wrong CA or host name?)"),
     ("ALERT_UNKNOWN_CA", "peer does not trust our CA"),

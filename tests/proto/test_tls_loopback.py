@@ -171,6 +171,12 @@ def _no_cert_context(pki: Any) -> ssl.SSLContext:
     return ctx
 
 
+def _server_cert_as_client_context(pki: Any) -> ssl.SSLContext:
+    ctx = _no_cert_context(pki)
+    ctx.load_cert_chain(str(pki.federation.server_cert), str(pki.federation.server_key))
+    return ctx
+
+
 def _tls12_context(pki: Any) -> ssl.SSLContext:
     ctx = _no_cert_context(pki)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -185,6 +191,7 @@ REFUSED: dict[str, tuple[Callable[[Any], ssl.SSLContext], str]] = {
     "foreign_ca": (lambda p: p.foreign_client_context(), "not issued by the federation CA"),
     "revoked": (lambda p: p.client_context(p.revoked_client), "is revoked"),
     "tls12": (_tls12_context, "no TLS 1.3"),
+    "server_cert_as_client": (_server_cert_as_client_context, "not for this role"),
 }
 
 
@@ -232,6 +239,20 @@ def test_client_refuses_server_with_certificate_from_another_ca(runner: Any, pki
 
     async def scenario(fed: Federation) -> ClientResult:
         return await tls_client(fed.port, pki.client_context())
+
+    _, result = run_federation(runner, impostor, None, scenario)
+    assert isinstance(result, ssl.SSLCertVerificationError)
+
+
+def test_client_refuses_server_presenting_a_client_certificate(runner: Any, pki: Any) -> None:
+    # A federation member must not impersonate the server to the others: client certificates
+    # carry no SAN (no host name can match) and only the clientAuth purpose.
+    member = pki.federation.clients["client-2"]
+    impostor = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    impostor.load_cert_chain(str(member.cert), str(member.key))
+
+    async def scenario(fed: Federation) -> ClientResult:
+        return await tls_client(fed.port, pki.client_context(), host="client-2")
 
     _, result = run_federation(runner, impostor, None, scenario)
     assert isinstance(result, ssl.SSLCertVerificationError)
