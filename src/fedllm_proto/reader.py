@@ -10,6 +10,7 @@ mid-transfer drops the partial body, so nothing half-received is ever delivered.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,33 @@ HeaderHook = Callable[[FrameHeader], None]
 MessageHook = Callable[[Message], None]
 _TENSOR_TYPES = frozenset({FrameType.GLOBAL_MODEL, FrameType.UPDATE})
 _ABORTING_TYPES = frozenset({FrameType.ERROR, FrameType.BYE})
+
+
+class BodyPool:
+    """Reuses the body buffers of earlier messages once nothing references them any more.
+
+    A fresh multi-MB buffer costs a page fault per 4 KiB on first touch (measured: it more
+    than halves TLS receive throughput), so the reader keeps up to ``keep`` buffers and hands
+    one out again when the application has dropped every array decoded from it. "Dropped" is
+    read from the CPython reference count: a live numpy view pins its buffer through the
+    memoryview it was made from.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self._keep = keep
+        self._free: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> memoryview:
+        for i, buf in enumerate(self._free):
+            # 3 = the list slot + the loop variable + getrefcount's own argument
+            if buf.nbytes >= nbytes and sys.getrefcount(buf) <= 3:
+                self._free.append(self._free.pop(i))  # most recently used last
+                return buf[:nbytes].data
+        buf = np.empty(nbytes, dtype=np.uint8)  # (nbytes,) caller checked the limits
+        self._free.append(buf)
+        if len(self._free) > self._keep:
+            self._free.pop(0)
+        return buf.data
 
 
 @dataclass(slots=True)
@@ -51,6 +79,7 @@ class FrameReader:
         self._target = memoryview(self._header)
         self._got = 0
         self._transfer: _Transfer | None = None
+        self._pool = BodyPool()
 
     @property
     def in_transfer(self) -> bool:
@@ -155,7 +184,7 @@ class FrameReader:
     def _start_transfer(self, frame: FrameHeader, fields: dict[str, Any]) -> None:
         manifest, _encoding = wire.tensor_header(frame.type, fields, frame.flags)
         specs, body_bytes = parse_manifest(manifest, self._limits)
-        body = np.empty(body_bytes, dtype=np.uint8).data  # limits checked just above
+        body = self._pool.take(body_bytes)  # limits checked just above
         transfer = _Transfer(frame.type, fields, specs, body)
         if body_bytes == 0:
             self._finish_transfer(transfer)
