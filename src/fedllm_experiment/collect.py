@@ -165,6 +165,7 @@ def collect_run(
         clients_reporting_final=len(finals),
         test_flows=_samples(server),
         cpu_seconds=dep.fleet.cpu_seconds(),
+        exit_codes=dep.fleet.exit_codes(),
     )
 
 

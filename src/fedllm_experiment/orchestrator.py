@@ -59,8 +59,8 @@ def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) 
 
 
 def _drain_clients(dep: Deployment) -> None:
-    """After the server's exit: SIGTERM lets each client finish its final evaluation and exit."""
-    dep.fleet.stop_all(grace_s=CLIENT_DRAIN_S)
+    """After the server's Bye each client runs its final evaluation and exits on its own."""
+    dep.fleet.wait_clients(CLIENT_DRAIN_S)
 
 
 def run_strategy(

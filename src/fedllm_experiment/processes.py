@@ -126,9 +126,12 @@ class Fleet:
         return [self.server, *self.clients]
 
     def check_clients(self) -> None:
-        """A client that exits while the server still runs is a crash worth stopping for."""
+        """A client that fails (non-zero status, or killed) is a crash worth stopping for.
+
+        Status 0 is a client that finished on its own (the server said Bye), not a crash.
+        """
         for daemon in self.clients:
-            if daemon.poll() is not None:
+            if daemon.poll() not in (None, 0):
                 raise daemon.crash()
 
     def stop_all(self, grace_s: float = 10.0) -> None:
@@ -140,6 +143,14 @@ class Fleet:
             daemon.wait(max(0.0, deadline - time.monotonic()))
         for daemon in self.all:
             daemon.stop(grace_s=0.0)
+
+    def wait_clients(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for daemon in self.clients:
+            daemon.wait(max(0.0, deadline - time.monotonic()))
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {d.name: d.returncode for d in self.all}
 
     def cpu_seconds(self) -> dict[str, float]:
         return {d.name: round(d.cpu_s, 3) for d in self.all}

@@ -70,16 +70,16 @@ class Progress:
             self.show(elapsed_s)
 
     def _fold(self, record: dict[str, Any]) -> None:
-        kind = record.get("kind") or record.get("event") or ""
-        if "update" in kind:
+        """Server metrics kinds (docs/server.md): update, aggregation; others are ignored."""
+        kind = record.get("kind")
+        if kind == "update":
             self.uploads += 1
-            if record.get("client_id"):
-                self.clients_seen.add(str(record["client_id"]))
-        elif "aggregat" in kind:
+            self.clients_seen.add(str(record.get("client_id")))
+        elif kind == "aggregation":
             self.version = int(record.get("version", self.version))
-            central = record.get("central") or record.get("central_eval") or {}
-            if isinstance(central, dict) and "accuracy" in central:
-                self.accuracy = float(central["accuracy"])
+            evaluation = record.get("evaluation")
+            if isinstance(evaluation, dict) and "accuracy" in evaluation:
+                self.accuracy = float(evaluation["accuracy"])
 
     def show(self, elapsed_s: float) -> None:
         acc = "-" if self.accuracy is None else f"{self.accuracy:.4f}"
