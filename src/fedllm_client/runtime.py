@@ -112,8 +112,13 @@ class ClientRuntime:
         """A global model we already train from (a reconnect) must not discard our progress."""
         return self.state.local is None or version != self.state.base_version
 
-    def apply_global(self, version: int, tensors: TensorDict, gsfs: bool) -> None:
-        """Swap the new global model in between steps and start a new reference point."""
+    def apply_global(self, version: int, tensors: TensorDict, gsfs: bool) -> bool:
+        """Swap the new global model in between steps and start a new reference point.
+
+        Decided here, on the worker, so two queued applies of one version apply it once."""
+        if not self.wants_global(version):
+            log.info("global_kept", version=version, reason="already_based_on_it")
+            return False
         s = self.state
         previous = s.base_version
         self.model.set_state(tensors)
@@ -140,6 +145,7 @@ class ClientRuntime:
         )
         log.info("global_applied", version=version, previous_version=previous)
         self.persist()
+        return True
 
     def reset_to_base(self) -> None:
         """Sync strategies: every round trains from θ^v, not from last round's θ_i."""

@@ -83,7 +83,8 @@ def atomic_write(path: Path, data: bytes | memoryview) -> None:
 
 
 def _encode_blob(value: TensorDict) -> bytes:
-    return st_save({k: np.ascontiguousarray(v) for k, v in value.items()})
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
+    return st_save({k: np.require(v, requirements="C") for k, v in value.items()})
 
 
 class StateStore:

@@ -63,7 +63,11 @@ class WorkerThread:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         ctx = contextvars.copy_context()  # structlog's bound client_id / model_version
         call = functools.partial(ctx.run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        job = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        # A submitted job always runs to the end, even if the awaiting task is cancelled (a
+        # lost connection): half the model work done, the other half silently dropped, would
+        # leave the state inconsistent. Later jobs queue behind it on the one thread.
+        return await asyncio.shield(job)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,279 @@
+"""One connection to the server: handshake, then the strategy's loop until Bye, stop or loss.
+
+Rules: a reader task owns ``peer.recv()`` for the whole session (the transport answers
+heartbeats inside it, so it never waits on training); it parks the newest GlobalModel in
+``pending`` and queues TrainRequests. The work loop runs model work on the worker thread in
+chunks and swaps a pending global model in between chunks. The session returns how it ended
+(``"bye"`` or ``"stopped"``); a lost connection raises (PeerClosed, ProtocolError, OSError) and
+the daemon reconnects. A handshake refusal is fatal: retrying cannot fix a fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from fedllm_client.runtime import ClientRuntime, PendingUpload
+from fedllm_client.trainer import WorkerThread
+from fedllm_core.errors import ExitCode, FedllmError
+from fedllm_proto.errors import ErrorCode
+from fedllm_proto.messages import (
+    Ack,
+    Bye,
+    Error,
+    GlobalModel,
+    Reject,
+    TrainRequest,
+    TriggerReason,
+    Welcome,
+)
+from fedllm_proto.transport import Peer, PeerClosed
+
+log = structlog.get_logger("fedllm.client")
+SYNC_STRATEGIES = ("fedavg", "fedopt")
+# Errors at the handshake that a retry cannot fix (a wrong fingerprint comes as a Reject).
+SEND_GRACE_S = 30.0  # how long a stop waits for an upload in flight to finish
+FATAL_ERRORS = (ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNAUTHORIZED)
+
+
+class HandshakeRefused(FedllmError):
+    """The server refused this client (e.g. model fingerprint mismatch): not worth retrying."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ServerBye(Exception):
+    """The server said Bye (reason kept)."""
+
+
+class Session:
+    def __init__(
+        self, peer: Peer, runtime: ClientRuntime, worker: WorkerThread, stop: asyncio.Event
+    ) -> None:
+        self.peer, self.rt, self.worker, self.stop = peer, runtime, worker, stop
+        self.pending: GlobalModel | None = None
+        self.global_arrived = asyncio.Event()
+        self.requests: asyncio.Queue[TrainRequest] = asyncio.Queue()
+        self.welcome: Welcome | None = None
+        self._bytes_mark = 0
+        self._send_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ entry point
+    async def run(self) -> str:
+        """Handshake and serve; returns "bye" or "stopped", raises on a lost connection."""
+        self.welcome = await self._handshake()
+        work = self._sync_loop() if self.welcome.strategy in SYNC_STRATEGIES else self._gsfs_loop()
+        reader = asyncio.create_task(self._read(), name="reader")
+        tasks = {
+            reader,
+            asyncio.create_task(work, name="work"),
+            asyncio.create_task(self.stop.wait(), name="stop"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if reader not in done and isinstance(_exception(done), PeerClosed):
+                # a send failed because the server left: its Bye may be in the reader's inbox
+                await asyncio.wait({reader}, timeout=1.0)
+                done |= {reader} if reader.done() else set()
+        finally:
+            await self._cancel(tasks)
+        finished = _most_telling(done)
+        if finished.get_name() == "stop":
+            await self._leave("shutdown")
+            return "stopped"
+        exc = finished.exception()
+        if isinstance(exc, ServerBye):
+            assert self.welcome is not None
+            await self._apply_pending(gsfs=self.welcome.strategy not in SYNC_STRATEGIES)
+            return "bye"
+        if exc is not None:
+            raise exc
+        raise PeerClosed("session ended")  # pragma: no cover - loops only end by raising
+
+    async def _cancel(self, tasks: set[asyncio.Task[Any]]) -> None:
+        """Cancel the session's tasks, but never between an upload's send and its accounting."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SEND_GRACE_S):
+                await self._send_lock.acquire()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handshake(self) -> Welcome:
+        await self.peer.send(self.rt.hello())
+        try:
+            reply = await self.peer.recv()
+        except PeerClosed as exc:
+            if exc.error is not None and exc.error.code in FATAL_ERRORS:
+                raise HandshakeRefused(f"server refused the handshake: {exc.reason}") from exc
+            raise
+        if isinstance(reply, Reject):
+            raise HandshakeRefused(f"server refused the handshake: {reply.code}: {reply.detail}")
+        if isinstance(reply, Error):
+            raise HandshakeRefused(f"server error at handshake: {reply.code.name}: {reply.detail}")
+        if not isinstance(reply, Welcome):
+            raise PeerClosed(f"expected welcome, got {type(reply).__name__}")
+        structlog.contextvars.bind_contextvars(client_id=reply.client_id)
+        self.rt.metrics.client = self.rt.metrics.client or reply.client_id
+        self.rt.metrics.write(
+            "connected",
+            client_id=reply.client_id,
+            strategy=reply.strategy,
+            global_version=reply.global_version,
+            protocol_version=reply.protocol_version,
+            strategy_params=dict(reply.strategy_params),
+        )
+        log.info("connected", strategy=reply.strategy, global_version=reply.global_version)
+        self._bytes_mark = self.peer.bytes_received
+        return reply
+
+    async def _leave(self, reason: str) -> None:
+        await self.worker.run(self.rt.persist)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.peer.close(reason), timeout=5.0)
+
+    # ------------------------------------------------------------------ receiving
+    async def _read(self) -> None:
+        while True:
+            try:
+                msg = await self.peer.recv()
+            except PeerClosed as exc:
+                if _said_bye(exc):
+                    log.info("server_bye", reason=str(exc))
+                    raise ServerBye(str(exc)) from exc
+                raise
+            self._count_down()
+            self._dispatch(msg)
+
+    def _count_down(self) -> None:
+        received = self.peer.bytes_received
+        self.rt.state.bytes_down += received - self._bytes_mark
+        self._bytes_mark = received
+
+    def _dispatch(self, msg: Any) -> None:
+        if isinstance(msg, GlobalModel):
+            self.rt.metrics.write("broadcast_received", version=msg.version)
+            if self.pending is not None:
+                self.rt.metrics.write("broadcast_superseded", version=self.pending.version)
+            self.pending = msg
+            self.global_arrived.set()
+        elif isinstance(msg, TrainRequest):
+            self.requests.put_nowait(msg)
+        elif isinstance(msg, Ack):
+            self.rt.metrics.write("ack", update_id=msg.update_id, global_version=msg.global_version)
+        elif isinstance(msg, Reject):
+            self.rt.metrics.write(
+                "reject", update_id=msg.update_id, code=msg.code.value, detail=msg.detail
+            )
+            log.warning(
+                "update_rejected", update_id=msg.update_id, code=msg.code.value, detail=msg.detail
+            )
+        elif isinstance(msg, Bye):
+            raise ServerBye(msg.reason)
+        elif isinstance(msg, Error):
+            log.error("server_error", code=msg.code.name, detail=msg.detail)
+        else:
+            log.warning("unexpected_message", type=type(msg).__name__)
+
+    async def _apply_pending(self, gsfs: bool) -> None:
+        msg = self.pending
+        self.global_arrived.clear()
+        if msg is None:
+            return
+        await self.worker.run(self.rt.apply_global, msg.version, msg.tensors, gsfs)
+        if self.pending is msg:  # a newer one may have arrived meanwhile
+            self.pending = None
+
+    # ------------------------------------------------------------------ sending
+    async def _send_update(self, pending: PendingUpload) -> None:
+        async with self._send_lock:  # see _cancel: an upload sent is an upload counted
+            before = self.peer.bytes_sent
+            await self.peer.send(pending.update)
+            nbytes = self.peer.bytes_sent - before
+            log.info(
+                "update_sent",
+                update_id=pending.update.update_id,
+                trigger=pending.update.trigger.value,
+                bytes=nbytes,
+                base_version=pending.update.base_version,
+            )
+            await self.worker.run(self.rt.uploaded, pending, nbytes)
+
+    # ------------------------------------------------------------------ strategies
+    async def _sync_loop(self) -> None:
+        """FedAvg / FedOpt: answer each TrainRequest with Δ after ``local_steps`` steps."""
+        while True:
+            request = await self.requests.get()
+            if self.pending is None and self.rt.state.base is None:
+                await self.global_arrived.wait()  # a round needs the model it is based on
+            await self._apply_pending(gsfs=False)
+            await self.worker.run(self.rt.reset_to_base)
+            left = min(request.local_steps, self.rt.budget_left)
+            if left < request.local_steps:
+                log.warning("budget_short", requested=request.local_steps, granted=left)
+            while left > 0:
+                done = await self.worker.run(
+                    self.rt.train_chunk, min(left, self.rt.settings.steps_per_chunk)
+                )
+                left = left - len(done) if done else 0
+            if self.rt.state.base_version != request.base_version:
+                log.warning(
+                    "round_base_mismatch",
+                    ours=self.rt.state.base_version,
+                    theirs=request.base_version,
+                )
+            pending = await self.worker.run(
+                self.rt.build_update, TriggerReason.ROUND, request.round, None, None
+            )
+            await self._send_update(pending)
+            self.rt.state.last_round = request.round
+
+    async def _gsfs_loop(self) -> None:
+        """GSFS: train continuously, upload when a trigger fires, swap in each broadcast."""
+        await self._first_global()
+        while True:
+            await self._apply_pending(gsfs=True)
+            if self.rt.budget_left == 0:
+                final = await self.worker.run(self.rt.final_upload)
+                if final is not None:
+                    await self._send_update(final)
+                await self.global_arrived.wait()  # idle: only broadcasts left to apply
+                continue
+            pending = await self.worker.run(self.rt.gsfs_chunk)
+            if pending is not None:
+                await self._send_update(pending)
+            elif self.rt.persist_due():
+                await self.worker.run(self.rt.persist)
+
+    async def _first_global(self) -> None:
+        """Training needs a model: wait for the first GlobalModel unless we resume one."""
+        assert self.welcome is not None
+        if (
+            self.rt.state.base is not None
+            and self.welcome.global_version == self.rt.state.base_version
+        ):
+            return
+        await self.global_arrived.wait()
+
+
+def _exception(tasks: set[asyncio.Task[Any]]) -> BaseException | None:
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            return task.exception()
+    return None
+
+
+def _most_telling(done: set[asyncio.Task[Any]]) -> asyncio.Task[Any]:
+    """Of the finished tasks, the one that explains the end: a server Bye first, then stop."""
+    for task in done:
+        if not task.cancelled() and isinstance(task.exception(), ServerBye):
+            return task
+    return sorted(done, key=lambda t: t.get_name() != "stop")[0]
+
+
+def _said_bye(exc: PeerClosed) -> bool:
+    """PeerClosed after a Bye frame (the transport's reason "bye: ..."), not EOF or a reset."""
+    return exc.reason.startswith("bye:")

@@ -1,0 +1,127 @@
+"""Client daemons (in-process) against a scripted server on the real mutual-TLS transport:
+GSFS uploads and broadcasts, FedAvg rounds, reconnect with backoff after the server vanishes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedllm_client.daemon import ClientDaemon
+from fedllm_client.metrics_log import read_metrics
+from fedllm_client.settings import ClientSettings
+from fedllm_core.model import build_model, trainable_state
+
+from .conftest import tiny_settings
+from .scripted import Scripted
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _initial_theta(settings: ClientSettings) -> dict[str, Any]:
+    from fedllm_core.data import load_client_data
+
+    labels = load_client_data(settings.data).label_names
+    return trainable_state(build_model(settings.model, labels, seed=123).model)
+
+
+def _client(pki: Any, tmp: Path, name: str, index: int, port: int, **extra: Any) -> ClientSettings:
+    fed = pki.federation
+    return tiny_settings(
+        tmp / name,
+        insecure=False,
+        client_name=name,
+        server={"port": port},
+        tls={"ca": fed.ca_cert, "cert": fed.clients[name].cert, "key": fed.clients[name].key},
+        data={"partition_index": index},
+        backoff={"initial_s": 0.05, "max_s": 0.2},
+        **extra,
+    )
+
+
+def _events(settings: ClientSettings, name: str) -> list[dict[str, Any]]:
+    return [r for r in read_metrics(settings.metrics_path) if r["event"] == name]
+
+
+async def _run_federation(server: Scripted, clients: list[ClientSettings]) -> list[int]:
+    return list(await asyncio.gather(*(ClientDaemon(c).run() for c in clients)))
+
+
+GSFS_TRIGGER = {"warmup_steps": 5, "check_every": 5, "min_steps_between_uploads": 5}
+
+
+def test_gsfs_clients_upload_on_triggers_and_apply_every_broadcast(
+    pki: Any, tmp_path: Path
+) -> None:
+    async def main() -> tuple[Scripted, list[ClientSettings], list[int]]:
+        probe = tiny_settings(tmp_path / "probe")
+        server = Scripted("gsfs", _initial_theta(probe), quorum=2, stop_after=3)
+        port = await server.start(pki.server_context())
+        clients = [
+            _client(
+                pki, tmp_path, f"client-{i + 1}", i, port, trigger=GSFS_TRIGGER, max_total_steps=200
+            )
+            for i in range(2)
+        ]
+        return server, clients, await _run_federation(server, clients)
+
+    server, clients, codes = asyncio.run(main())
+    assert codes == [0, 0]
+    for c in clients:
+        applied = [r["version"] for r in _events(c, "broadcast_applied")]
+        assert applied == list(range(server.version + 1))
+    triggers = {u.trigger.value for _, u in server.updates}
+    assert triggers <= {"performance", "gradient_norm", "max_silence"}
+    uploads = sum(len(_events(c, "upload")) for c in clients)
+    assert uploads == len(server.updates)
+
+
+def test_fedavg_clients_answer_every_round_with_local_steps(pki: Any, tmp_path: Path) -> None:
+    async def main() -> tuple[Scripted, list[ClientSettings], list[int]]:
+        server = Scripted("fedavg", _initial_theta(tiny_settings(tmp_path / "p")), stop_after=3)
+        port = await server.start(pki.server_context())
+        clients = [_client(pki, tmp_path, f"client-{i + 1}", i, port) for i in range(2)]
+        return server, clients, await _run_federation(server, clients)
+
+    server, _clients, codes = asyncio.run(main())
+    rounds = sorted((cid, u.round, u.trigger.value) for cid, u in server.updates)
+    expected = sorted((f"client-{i}", r, "round") for i in (1, 2) for r in range(3))
+    assert (codes, rounds) == ([0, 0], expected)
+
+
+def test_fedavg_local_steps_are_counted_against_the_budget(pki: Any, tmp_path: Path) -> None:
+    async def main() -> list[ClientSettings]:
+        server = Scripted("fedavg", _initial_theta(tiny_settings(tmp_path / "p")), stop_after=2)
+        port = await server.start(pki.server_context())
+        clients = [_client(pki, tmp_path, f"client-{i + 1}", i, port) for i in range(2)]
+        await _run_federation(server, clients)
+        return clients
+
+    clients = asyncio.run(main())
+    stops = [_events(c, "stop")[-1]["steps_used"] for c in clients]
+    assert stops == [2 * 5, 2 * 5]
+
+
+def test_client_reconnects_with_backoff_when_the_server_comes_back(
+    pki: Any, tmp_path: Path
+) -> None:
+    async def main() -> tuple[list[Any], int]:
+        theta = _initial_theta(tiny_settings(tmp_path / "p"))
+        first = Scripted("gsfs", theta, quorum=99)
+        port = await first.start(pki.server_context())
+        client = _client(pki, tmp_path, "client-1", 0, port, max_total_steps=30)
+        daemon = asyncio.create_task(ClientDaemon(client).run())
+        while not first.hellos:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await first.stop_listening()  # the server vanishes (no Bye)
+        await asyncio.sleep(0.5)  # the client fails to connect a few times meanwhile
+        second = Scripted("gsfs", theta, bye_after_hello=True)
+        await second.start(pki.server_context(), port=port)
+        code = await asyncio.wait_for(daemon, timeout=120)
+        return first.hellos + second.hellos, code
+
+    hellos, code = asyncio.run(main())
+    assert (code, len(hellos) >= 2, hellos[-1].last_global_version) == (0, True, 0)
