@@ -25,6 +25,7 @@ from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.processes import Daemon, Fleet
 
 SERVER_NAME = "localhost"
+DEFAULT_QUORUM = 0.6  # GsfsServerSettings.quorum_fraction's default (gsfs.md)
 
 
 def client_names(count: int) -> list[str]:
@@ -57,7 +58,13 @@ def strategy_section(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:
     if strategy != "gsfs":
         return {"name": strategy}
     # N is explicit: a client that connects late must not shrink the quorum K = ceil(q N).
-    return {"name": "gsfs", "federation_size_source": "explicit", "federation_size": exp.clients}
+    # max_wait_s bounds the wait for a quorum when clients run out of budget.
+    return {
+        "name": "gsfs",
+        "federation_size_source": "explicit",
+        "federation_size": exp.clients,
+        "max_wait_s": 30.0,
+    }
 
 
 def server_dict(
@@ -82,18 +89,24 @@ def server_dict(
 
 
 def gsfs_trigger(exp: ExperimentSettings) -> dict[str, Any]:
-    """Trigger cadence scaled to the budget, so 10 aggregations fit in rounds * local_steps.
+    """Trigger cadence that spends about the same budget as ``rounds`` synchronous rounds.
 
-    A client is never silent longer than about two rounds' worth of steps: with K = ceil(0.6 N)
-    distinct clients per aggregation, that yields at least ``rounds`` aggregations within the
-    budget even if no performance or gradient trigger fires.
+    An aggregation needs K = ceil(q N) uploads; N clients that upload at most every G steps
+    give at most N/G uploads per step, so ``rounds`` aggregations take about rounds * K * G / N
+    steps. G = 0.8 * local_steps * N / K spends ~80% of the budget on them, leaving slack so
+    the last aggregation is reached before budgets run out (a client's final upload happens at
+    budget end). Which trigger fires, and when after the gap, is still GSFS's own decision;
+    max silence forces an upload one check after the gap.
     """
-    check = max(2, exp.local_steps // 3)
+    q = float(exp.server.get("strategy", {}).get("quorum_fraction", DEFAULT_QUORUM))
+    quorum = math.ceil(q * exp.clients)
+    check = max(2, exp.local_steps // 4)
+    gap = max(check, math.floor(0.8 * exp.local_steps * exp.clients / quorum))
     return {
         "check_every": check,
         "warmup_steps": 2 * check,
-        "min_steps_between_uploads": check,
-        "max_silence_steps": max(check, math.ceil(1.5 * exp.local_steps)),
+        "min_steps_between_uploads": gap,
+        "max_silence_steps": gap + check,
     }
 
 

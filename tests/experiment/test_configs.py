@@ -1,0 +1,65 @@
+"""Settings precedence, generated daemon configs, and the same partition for the same seed."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedllm_client.settings import ClientSettings
+from fedllm_core.certs import PkiPaths, make_federation_pki
+from fedllm_core.data import load_client_data
+from fedllm_core.errors import SettingsError
+from fedllm_experiment.configs import ExperimentSettings, load_experiment_settings
+from fedllm_experiment.deploy import client_dict, prepare_deployment
+
+
+def test_flags_beat_the_file_which_beats_quick(tmp_path: Path) -> None:
+    config = tmp_path / "e.toml"
+    config.write_text("clients = 4\nrounds = 7\n")
+    exp = load_experiment_settings(config, quick=True, flags={"rounds": 2, "seed": None})
+    assert (exp.clients, exp.rounds, exp.max_rows) == (4, 2, 1500)
+
+
+def test_unknown_key_in_the_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "e.toml"
+    config.write_text("cliens = 4\n")
+    with pytest.raises(SettingsError, match="cliens"):
+        load_experiment_settings(config, quick=False, flags={})
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    names = ["client-1", "client-2"]
+    return make_federation_pki(tmp_path_factory.mktemp("pki"), "localhost", names)
+
+
+def _client_data(pki: PkiPaths, seed: int, tmp_path: Path) -> list[str]:
+    exp = ExperimentSettings(clients=2, max_rows=400, seed=seed)
+    settings = ClientSettings.model_validate(client_dict(exp, "fedavg", pki, tmp_path, 1, 1))
+    return load_client_data(settings.data).train_texts
+
+
+def test_same_seed_gives_a_client_the_same_partition(pki: PkiPaths, tmp_path: Path) -> None:
+    first = _client_data(pki, 3, tmp_path)
+    assert first and _client_data(pki, 3, tmp_path) == first
+
+
+def test_another_seed_gives_another_partition(pki: PkiPaths, tmp_path: Path) -> None:
+    assert _client_data(pki, 3, tmp_path) != _client_data(pki, 4, tmp_path)
+
+
+def _fairness_fields(path: Path) -> str:
+    s = ClientSettings.model_validate(tomllib.loads(path.read_text()))
+    return s.model_dump_json(include={"max_total_steps", "data", "model", "train", "seed"})
+
+
+def test_every_strategy_gets_the_same_data_model_and_budget(pki: PkiPaths, tmp_path: Path) -> None:
+    exp = ExperimentSettings(clients=2)
+    for strategy in ("fedavg", "fedopt", "gsfs"):
+        prepare_deployment(exp, strategy, pki, tmp_path / strategy)
+    fields = {
+        _fairness_fields(tmp_path / s / "client-2.toml") for s in ("fedavg", "fedopt", "gsfs")
+    }
+    assert len(fields) == 1 and f'"max_total_steps":{exp.budget_steps}' in fields.pop()
