@@ -57,11 +57,11 @@ def write_outputs(
     write_document(doc, out_dir, title="fedllm experiment")
 
 
-def _row(run: Mapping[str, Any]) -> str:
+def _row(run: Mapping[str, Any], width: int) -> str:
     c, avg = run["central"], run.get("clients_avg")
     client_acc = f"{avg['accuracy']:.4f}" if avg else "   –  "
     return (
-        f"{run['strategy']:<10} {c['accuracy']:.4f}   {client_acc}   {c['f1_macro']:.4f}   "
+        f"{run['strategy']:<{width}} {c['accuracy']:.4f}   {client_acc}   {c['f1_macro']:.4f}   "
         f"{run['uploads']:>7} {run['bytes_up'] / 1e6:>9.2f} {run['wall_s']:>8.1f} "
         f"{run['latency_ms_per_flow']:>9.2f}"
     )
@@ -71,9 +71,8 @@ def print_table(runs: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     if not runs:
         print("no run finished", file=out)
         return
-    print(
-        "\nstrategy   acc(cen) acc(cli) f1(cen)  uploads  MB up    wall s  ms/flow",
-        file=out,
-    )
+    width = max(10, *(len(r["strategy"]) for r in runs))
+    header = "acc(cen) acc(cli) f1(cen)  uploads  MB up    wall s  ms/flow"
+    print(f"\n{'run':<{width}} {header}", file=out)
     for run in runs:
-        print(_row(run), file=out)
+        print(_row(run, width), file=out)

@@ -73,8 +73,10 @@ def plot_uploads_per_client(run: Run, path: Path) -> Path:
     events = run.get("upload_events") or []
     for client in sorted({e["client_id"] for e in events}):
         mine = [e for e in events if e["client_id"] == client]
-        times = [e["t_s"] for e in mine]
-        ax.step(times, range(1, len(mine) + 1), where="post", label=client)
+        times = [0.0, *(e["t_s"] for e in mine)]  # every client starts at zero uploads
+        ax.step(times, range(len(times)), where="post", label=client)
+    for h in run["history"]:  # when the server published each version
+        ax.axvline(h["t_s"], color="0.8", linestyle=":", linewidth=1)
     markers = {"performance": "o", "gradient_norm": "^", "max_silence": "s", "round": "."}
     for trigger, marker in markers.items():
         hits = [e for e in events if e.get("trigger") == trigger]
@@ -82,7 +84,8 @@ def plot_uploads_per_client(run: Run, path: Path) -> Path:
             ys = [_count_before(events, e) for e in hits]
             ax.scatter([e["t_s"] for e in hits], ys, marker=marker, s=18, c="k", label=trigger)
     ax.set_xlabel("time since server start (s)")
-    ax.set_ylabel("uploads so far")
+    ax.set_ylabel("uploads so far (dotted: new global version)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"Uploads per client over time ({run['strategy']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
