@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: the experiment runs on servers and in CI
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 Run = Mapping[str, Any]
 
@@ -85,7 +86,7 @@ def plot_uploads_per_client(run: Run, path: Path) -> Path:
             ax.scatter([e["t_s"] for e in hits], ys, marker=marker, s=18, c="k", label=trigger)
     ax.set_xlabel("time since server start (s)")
     ax.set_ylabel("uploads so far (dotted: new global version)")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Uploads per client over time ({run['strategy']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
