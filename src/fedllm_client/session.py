@@ -60,6 +60,7 @@ class Session:
         self.welcome: Welcome | None = None
         self._bytes_mark = 0
         self._send_lock = asyncio.Lock()
+        self._unapplied: list[int] = []  # versions received since a global was last taken
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -156,8 +157,7 @@ class Session:
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, GlobalModel):
             self.rt.metrics.write("broadcast_received", version=msg.version)
-            if self.pending is not None:
-                self.rt.metrics.write("broadcast_superseded", version=self.pending.version)
+            self._unapplied.append(msg.version)
             self.pending = msg
             self.global_arrived.set()
         elif isinstance(msg, TrainRequest):
@@ -183,6 +183,11 @@ class Session:
         self.global_arrived.clear()
         if msg is None:
             return
+        # latest wins: versions that arrived during the same chunk are skipped, and said so
+        for version in self._unapplied:
+            if version != msg.version:
+                self.rt.metrics.write("broadcast_superseded", version=version, by=msg.version)
+        self._unapplied.clear()
         await self.worker.run(self.rt.apply_global, msg.version, msg.tensors, gsfs)
         if self.pending is msg:  # a newer one may have arrived meanwhile
             self.pending = None
