@@ -19,15 +19,16 @@ from typing import IO, Any
 import numpy as np
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
+    """``value`` with numpy scalars, paths and non-finite floats made plain JSON."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; a missing value is honest
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -55,7 +56,7 @@ class MetricsLog:
             "t": round(time.monotonic() - self._t0, 4),
             "client": self.client,
             "model_version": self.model_version,
-            **_plain(fields),
+            **plain_json(fields),
         }
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._fh.flush()
