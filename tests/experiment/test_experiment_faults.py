@@ -52,10 +52,13 @@ def _stopped(processes: list[psutil.Process]) -> bool:
 def _training_daemon(parent: subprocess.Popen[str], out_dir: Path, name: str) -> psutil.Process:
     """The daemon started with ``--config <name>.toml``, once it has uploaded an update."""
     metrics = out_dir / "fedavg" / f"{name}-metrics.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: CI machines may be busy
     while time.monotonic() < deadline:
         if metrics.is_file() and '"upload"' in metrics.read_text():
             return next(p for p in _children(parent) if f"{name}.toml" in p.cmdline())
+        if parent.poll() is not None:
+            output = parent.stdout.read() if parent.stdout else ""
+            raise AssertionError(f"experiment ended before {name} uploaded:\n{output}")
         time.sleep(0.2)
     raise AssertionError(f"{name} never uploaded")
 
