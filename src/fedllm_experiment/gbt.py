@@ -84,7 +84,9 @@ def train_and_score(
     }
 
 
-def _latency(model: Any, x_test: np.ndarray, requests: int = 200, warmup: int = 10) -> dict:
+def _latency(
+    model: Any, x_test: np.ndarray, requests: int = 200, warmup: int = 10
+) -> dict[str, Any]:
     """Batch-1 median/p95 and batched per-flow time of ``predict`` (feature encoding excluded)."""
     if not len(x_test):
         return {}
@@ -107,9 +109,5 @@ def _latency(model: Any, x_test: np.ndarray, requests: int = 200, warmup: int = 
         "flows_per_min": 60000.0 / batched_ms,
         "warmup_requests": warmup,
         "device": "cpu",
-        "threads": int(params_threads(model)),
+        "threads": int(model.get_params().get("n_jobs") or 1),
     }
-
-
-def params_threads(model: Any) -> int:
-    return int(model.get_params().get("n_jobs") or 1)

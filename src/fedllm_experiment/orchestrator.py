@@ -58,11 +58,6 @@ def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) 
         time.sleep(POLL_S)
 
 
-def _drain_clients(dep: Deployment) -> None:
-    """After the server's Bye each client runs its final evaluation and exits on its own."""
-    dep.fleet.wait_clients(CLIENT_DRAIN_S)
-
-
 def run_strategy(
     exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path, out: TextIO
 ) -> dict[str, Any]:
@@ -75,7 +70,8 @@ def run_strategy(
             daemon.start()
         _watch(dep, progress, exp.run_timeout_s, start)
         server_done = time.monotonic()
-        _drain_clients(dep)
+        # after the server's Bye each client runs its final evaluation and exits on its own
+        dep.fleet.wait_clients(CLIENT_DRAIN_S)
     finally:
         dep.fleet.stop_all(grace_s=10.0)
     return collect_run(exp, strategy, dep, wall_s=server_done - start)
