@@ -49,12 +49,12 @@ class UploadSettings(FrozenSettings):
 
 
 class SyntheticSettings(FrozenSettings):
-    """``trainer = "synthetic"``: no model, training replaced by a fixed random update
-    (bench/round_overhead.py). Tensor names/shapes follow the global model the server sends."""
+    """``trainer = "synthetic"``: training replaced by a fixed random update (benchmarks of the
+    federation's own cost, bench/round_overhead.py). No model is built: the update has the
+    names and shapes of the global model the server sends (so its size is the server's model)."""
 
-    update_mb: float = Field(default=2.0, gt=0)  # size of the model the fingerprint names
-    num_arrays: int = Field(default=20, ge=1)
     seed: int = 0
+    scale: float = Field(default=1e-3, gt=0)  # standard deviation of the update's entries
     step_time_s: float = Field(default=0.0, ge=0)  # simulated compute per step (0: none)
 
 

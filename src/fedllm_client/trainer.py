@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from fedllm_client.settings import ClientSettings, SyntheticSettings
+from fedllm_core.data import load_client_data
+from fedllm_core.model import model_fingerprint
 
 TensorDict = dict[str, np.ndarray]
 T = TypeVar("T")
@@ -73,34 +74,21 @@ class WorkerThread:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def synthetic_shapes(settings: SyntheticSettings) -> dict[str, tuple[int, ...]]:
-    """``num_arrays`` float32 vectors totalling ``update_mb`` MB (10^6 bytes)."""
-    total = int(settings.update_mb * 1_000_000) // 4
-    each, extra = divmod(total, settings.num_arrays)
-    return {
-        f"synthetic.{i:03d}": (each + (1 if i < extra else 0),) for i in range(settings.num_arrays)
-    }
-
-
-def synthetic_fingerprint(settings: SyntheticSettings) -> str:
-    shapes = synthetic_shapes(settings)
-    blob = "synthetic|" + "|".join(f"{k}:{v}" for k, v in sorted(shapes.items()))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 class SyntheticModel:
     """Training replaced by a fixed random update: the federation's cost without the model's.
 
     The update is drawn once (seeded) with the names and shapes of the first global model, and
     every "training" returns that same delta, so no per-round allocation or compute is measured.
+    Its identity (fingerprint, sample count) is the configured model's and data's, so a server
+    with the same [model]/[data] settings accepts it; the update's size is the global model's.
     """
 
     persists_tensors = False
     device = "cpu"
 
-    def __init__(self, settings: SyntheticSettings, sample_count: int = 1) -> None:
+    def __init__(self, settings: SyntheticSettings, fingerprint: str, sample_count: int) -> None:
         self.settings = settings
-        self.fingerprint = synthetic_fingerprint(settings)
+        self.fingerprint = fingerprint
         self.sample_count = sample_count
         self._update: TensorDict | None = None
         self._base: TensorDict = {}
@@ -111,11 +99,16 @@ class SyntheticModel:
     def set_state(self, tensors: TensorDict) -> None:
         self._base = tensors
         if self._update is None or self._update.keys() != tensors.keys():
-            rng = np.random.default_rng(self.settings.seed)
-            self._update = {
-                k: (rng.standard_normal(v.shape, dtype=np.float32) * 1e-3)
-                for k, v in tensors.items()
-            }
+            self._update = self._draw(tensors)
+
+    def _draw(self, like: TensorDict) -> TensorDict:
+        rng = np.random.default_rng(self.settings.seed)
+        update = {}
+        for name, array in like.items():
+            drawn = rng.standard_normal(array.shape, dtype=np.float32)
+            drawn *= np.float32(self.settings.scale)  # in place: no second copy of 100 MB
+            update[name] = drawn
+        return update
 
     def state(self) -> TensorDict:
         return self._base  # the update is not materialised into a model: nothing reads it
@@ -148,7 +141,9 @@ class SyntheticModel:
 def build_local_model(settings: ClientSettings) -> LocalModel:
     """The configured model (slow for LoRA: loads data and weights; call on the worker)."""
     if settings.trainer == "synthetic":
-        return SyntheticModel(settings.synthetic)
+        data = load_client_data(settings.data)  # labels, template, n_i: no model is built
+        fingerprint = model_fingerprint(settings.model, data.label_names, data.template)
+        return SyntheticModel(settings.synthetic, fingerprint, data.sample_count)
     from fedllm_client.lora_model import LoraModel  # data + weights only when really training
 
     return LoraModel.build(settings)

@@ -91,3 +91,16 @@ def test_final_eval_evaluates_last_trained_model_not_later_broadcast(tmp_path: P
     assert rt.state.trained is trained
     records = [r for r in read_metrics(rt.settings.metrics_path) if r["event"] == "final_eval"]
     assert records and 0.0 <= records[0]["accuracy"] <= 1.0
+
+
+def test_synthetic_trainer_sends_the_same_update_shaped_like_the_global_model(
+    tmp_path: Path,
+) -> None:
+    rt = ClientRuntime.open(tiny_settings(tmp_path, trainer="synthetic"))
+    theta = {"a": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
+    rt.apply_global(0, theta, gsfs=False)
+    rt.train_chunk(1)
+    first = rt.build_update(TriggerReason.ROUND, 0, None, None).update.tensors
+    second = rt.build_update(TriggerReason.ROUND, 1, None, None).update.tensors
+    assert {k: v.shape for k, v in first.items()} == {"a": (3, 4), "b": (5,)}
+    assert all(np.array_equal(first[k], second[k]) for k in first)
