@@ -128,7 +128,6 @@ class ClientRuntime:
         s.changed_since_upload = s.trained_on_base = False
         self._dirty = False
         self.metrics.model_version = version
-        structlog.contextvars.bind_contextvars(model_version=version)
         m_ref = None
         if gsfs:
             m_ref = self._metric(self.validate("broadcast"))

@@ -117,7 +117,9 @@ class Session:
             raise HandshakeRefused(f"server error at handshake: {reply.code.name}: {reply.detail}")
         if not isinstance(reply, Welcome):
             raise PeerClosed(f"expected welcome, got {type(reply).__name__}")
-        structlog.contextvars.bind_contextvars(client_id=reply.client_id)
+        structlog.contextvars.bind_contextvars(
+            client_id=reply.client_id, model_version=self.rt.state.base_version
+        )
         self.rt.metrics.client = self.rt.metrics.client or reply.client_id
         self.rt.metrics.write(
             "connected",
@@ -189,6 +191,8 @@ class Session:
                 self.rt.metrics.write("broadcast_superseded", version=version, by=msg.version)
         self._unapplied.clear()
         await self.worker.run(self.rt.apply_global, msg.version, msg.tensors, gsfs)
+        # bound here, on the loop's context: worker calls run in copies of it
+        structlog.contextvars.bind_contextvars(model_version=self.rt.state.base_version)
         if self.pending is msg:  # a newer one may have arrived meanwhile
             self.pending = None
 

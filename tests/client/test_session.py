@@ -125,3 +125,16 @@ def test_client_reconnects_with_backoff_when_the_server_comes_back(
 
     hellos, code = asyncio.run(main())
     assert (code, len(hellos) >= 2, hellos[-1].last_global_version) == (0, True, 0)
+
+
+def test_insecure_mode_names_itself_in_hello_over_plain_tcp(tmp_path: Path) -> None:
+    async def main() -> tuple[Scripted, int]:
+        server = Scripted(
+            "gsfs", _initial_theta(tiny_settings(tmp_path / "p")), bye_after_hello=True
+        )
+        port = await server.start(None)
+        client = tiny_settings(tmp_path / "c", client_name="edge-9", server={"port": port})
+        return server, await ClientDaemon(client).run()
+
+    server, code = asyncio.run(main())
+    assert (code, [h.client_name for h in server.hellos]) == (0, ["edge-9"])
