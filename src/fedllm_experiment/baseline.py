@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from fedllm_core.data import DataSettings, PreparedData, prepare_data, template_for
+from fedllm_core.data import (
+    DataSettings,
+    PreparedData,
+    load_eval_data,
+    prepare_data,
+    template_for,
+)
 from fedllm_core.energy import EnergyMeter
 from fedllm_core.model import ModelSettings, build_model
 from fedllm_core.prompts import render
@@ -32,19 +38,22 @@ from fedllm_experiment.results import run_record
 
 @dataclass(frozen=True)
 class Split:
-    """Train and test texts and labels of the experiment's data, as every run sees them."""
+    """Train and test data of the experiment, as every run sees them.
+
+    ``test_texts``/``test_labels`` come from ``load_eval_data``: exactly the flows the server
+    scores the global model on (``test_max`` applied). GBT reads the test rows' fields instead;
+    they are the same flows unless ``test_max`` caps the split (not with the defaults), in which
+    case GBT is scored on the whole test split and its ``test_flows`` says so.
+    """
 
     prepared: PreparedData
     train_texts: list[str]
     test_texts: list[str]
+    test_labels: np.ndarray
 
     @property
     def train_labels(self) -> np.ndarray:
         return self.prepared.labels[self.prepared.splits.train]
-
-    @property
-    def test_labels(self) -> np.ndarray:
-        return self.prepared.labels[self.prepared.splits.test]
 
 
 def experiment_data(exp: ExperimentSettings) -> DataSettings:
@@ -55,10 +64,12 @@ def experiment_data(exp: ExperimentSettings) -> DataSettings:
 def load_split(data: DataSettings) -> Split:
     prepared = prepare_data(data)
     template = template_for(data)
+    scored = load_eval_data(data, template)
     return Split(
         prepared=prepared,
         train_texts=render(template, prepared.flows, prepared.splits.train),
-        test_texts=render(template, prepared.flows, prepared.splits.test),
+        test_texts=scored.texts,
+        test_labels=np.asarray(scored.labels),
     )
 
 
@@ -134,14 +145,15 @@ def central_baseline(exp: ExperimentSettings, split: Split) -> dict[str, Any]:
 
 
 def gbt_baseline(exp: ExperimentSettings, split: Split) -> dict[str, Any]:
-    flows, rows = split.prepared.flows, split.prepared.splits
+    prepared = split.prepared
+    flows, rows = prepared.flows, prepared.splits
     start = time.perf_counter()
     meter = EnergyMeter("cpu")
     scored = gbt.train_and_score(
         flows.take(rows.train),
         split.train_labels,
         flows.take(rows.test),
-        split.test_labels,
+        prepared.labels[rows.test],
         split.prepared.label_names,
         seed=exp.seed,
     )

@@ -47,6 +47,8 @@ class ExperimentSettings(FrozenSettings):
     # Higher than TrainSettings' 1e-3: on CPU the budget is a few hundred steps, and central
     # MiniLM reached 0.93 accuracy in 20 steps at 3e-3 against 0.77 at 1e-3 (docs/experiment.md).
     lr: float = Field(3e-3, gt=0)
+    # Cap (stratified) on the test split that scores the global and the clients' models.
+    test_samples: int = Field(2000, ge=1)
     # Cap on each client's validation set V_i: GSFS evaluates it at every trigger check.
     val_samples: int = Field(96, ge=1)
     template: str = "compact"

@@ -48,9 +48,10 @@ def shared_sections(exp: ExperimentSettings) -> dict[str, Any]:
         "seed": exp.seed,
         "max_rows": exp.max_rows,
         "val_max": exp.val_samples,
+        "test_max": exp.test_samples,
         "template": exp.template,
     }
-    model = {"name": exp.model, "torch_threads": exp.torch_threads, "device": "cpu"}
+    model = {"name": exp.model, "torch_threads": exp.torch_threads}
     return {"data": data, "model": model}
 
 
@@ -79,8 +80,8 @@ def server_dict(
         "seed": exp.seed,
         "strategy": strategy_section(exp, strategy),
         "rounds": {"min_clients": exp.clients, "local_steps": exp.local_steps},
-        # the whole test split of the subsample: every strategy is scored on the same flows
-        "evaluation": {"every_versions": 1, "max_samples": None},
+        # data.test_max already caps the test split, the same rows for server and clients
+        "evaluation": {"every_versions": 1, "max_samples": exp.test_samples},
         "stop_after_versions": exp.rounds,
         "logging": {"json_lines": True},
     }
