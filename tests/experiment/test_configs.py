@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from fedllm_core.certs import PkiPaths, make_federation_pki
 from fedllm_core.data import load_client_data
 from fedllm_core.errors import SettingsError
 from fedllm_experiment.configs import ExperimentSettings, load_experiment_settings
-from fedllm_experiment.deploy import client_dict, prepare_deployment
+from fedllm_experiment.deploy import client_dict, gsfs_trigger, prepare_deployment
 
 
 def test_flags_beat_the_file_which_beats_quick(tmp_path: Path) -> None:
@@ -63,3 +64,13 @@ def test_every_strategy_gets_the_same_data_model_and_budget(pki: PkiPaths, tmp_p
         _fairness_fields(tmp_path / s / "client-2.toml") for s in ("fedavg", "fedopt", "gsfs")
     }
     assert len(fields) == 1 and f'"max_total_steps":{exp.budget_steps}' in fields.pop()
+
+
+@pytest.mark.parametrize(("clients", "local_steps"), [(2, 4), (3, 16), (5, 16), (10, 8)])
+def test_gsfs_cadence_fits_the_aggregations_in_the_budget(clients: int, local_steps: int) -> None:
+    exp = ExperimentSettings(clients=clients, local_steps=local_steps, rounds=10)
+    trigger = gsfs_trigger(exp)
+    quorum = math.ceil(0.6 * clients)
+    # uploads the clients can make under the minimum gap, plus each one's final upload
+    uploads = clients * (exp.budget_steps // trigger["min_steps_between_uploads"] + 1)
+    assert uploads >= exp.rounds * quorum
