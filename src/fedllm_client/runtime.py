@@ -54,7 +54,6 @@ class ClientRuntime:
         )
         self.energy = EnergyMeter(model.device)
         self._losses: list[float] = []  # since the last upload (Update.metrics["loss"])
-        self._last_step: StepResult | None = None
         self._check_snapshot: TensorDict | None = None  # norm_source = parameter_change
         self._dirty = False  # model trained since state.local was last copied out
         self._since_persist = 0
@@ -152,11 +151,8 @@ class ClientRuntime:
             self.model.set_state(self.state.base)
             if self.settings.reset_optimizer_on_global:
                 self.model.reset_optimizer()
-            self.state.local, self.state.trained_on_base, self._dirty = (
-                self.state.base,
-                False,
-                False,
-            )
+            self.state.local = self.state.base
+            self.state.trained_on_base = self._dirty = False
 
     # ------------------------------------------------------------------ training
     def train_chunk(self, n: int) -> list[StepResult]:
@@ -175,7 +171,6 @@ class ClientRuntime:
         s.changed_since_upload = s.trained_on_base = self._dirty = True
         self._since_persist += 1
         self._losses.append(result.loss)
-        self._last_step = result
         if s.steps_used % self.settings.metrics_step_every == 0:
             window = self._losses[-self.settings.metrics_step_every :]
             self.metrics.write("step", step=s.steps_used, loss=result.loss, loss_avg=_mean(window))
