@@ -108,6 +108,7 @@ class ScriptedClient:
     requests: list[TrainRequest] = field(default_factory=list)
     closed_reason: str = ""
     sent: int = 0
+    sent_deltas: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     async def connect(self) -> Welcome | Reject:
         self.peer = await connect(self.host, self.port, self.ssl_context, "localhost")
@@ -148,14 +149,10 @@ class ScriptedClient:
         assert self.peer is not None
         trigger = TriggerReason.ROUND if round_number >= 0 else TriggerReason.PERFORMANCE
         uid = update_id or f"{self.name}-{self.seed}-{self.sent}"
+        delta = self.delta()
+        self.sent_deltas[uid] = delta
         update = Update(
-            uid,
-            self.version,
-            round_number,
-            self.sample_count,
-            trigger,
-            {"f1_macro": 0.5},
-            self.delta(),
+            uid, self.version, round_number, self.sample_count, trigger, {"f1_macro": 0.5}, delta
         )
         self.sent += 1
         await self.peer.send(update)
@@ -198,3 +195,103 @@ class ScriptedClient:
     async def close(self) -> None:
         if self.peer is not None:
             await self.peer.close("test done")
+
+
+# ---------------------------------------------------------------------------- subprocesses
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """Minimal TOML writer for settings dicts (scalars, lists, nested tables)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        lines.extend(
+            f"{k} = {_toml_value(v)}"
+            if not isinstance(v, dict)
+            else f"{k} = {{ {', '.join(f'{a} = {_toml_value(b)}' for a, b in v.items())} }}"
+            for k, v in table.items()
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ServerProcess:
+    """`python -m fedllm_server.cli --config ...` as a real child process; JSON logs parsed."""
+
+    def __init__(self, config: Path) -> None:
+        import subprocess
+        import sys
+        import threading
+
+        self.events: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fedllm_server.cli", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import json
+
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "_raw", "line": line.rstrip()}
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+
+    def wait_event(self, name: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:
+        """The first logged event `name` whose fields match; raises on timeout or exit."""
+
+        def match() -> dict[str, Any] | None:
+            for event in self.events:
+                if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
+                    return event
+            return None
+
+        with self._cond:
+            found = self._cond.wait_for(lambda: match() or self.proc.poll() is not None, timeout)
+            hit = match()
+        if hit is None:
+            tail = [e.get("event") for e in self.events[-15:]]
+            raise AssertionError(f"no {name} {fields} (found={found}); last events {tail}")
+        return hit
+
+    @property
+    def port(self) -> int:
+        return int(self.wait_event("server_listening")["port"])
+
+    def kill9(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, sig: int | None = None, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig if sig is not None else signal.SIGTERM)
+        return self.proc.wait(timeout)
