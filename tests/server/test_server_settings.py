@@ -26,7 +26,7 @@ def test_env_selects_gsfs_strategy() -> None:
 
 
 def test_missing_tls_files_are_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="tls.ca"):
+    with pytest.raises(SettingsError, match=r"tls\.ca"):
         load_settings(ServerSettings, None, env_prefix=ENV_PREFIX, environ={})
 
 
