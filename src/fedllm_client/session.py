@@ -117,6 +117,10 @@ class Session:
             raise HandshakeRefused(f"server error at handshake: {reply.code.name}: {reply.detail}")
         if not isinstance(reply, Welcome):
             raise PeerClosed(f"expected welcome, got {type(reply).__name__}")
+        if reply.strategy not in (*SYNC_STRATEGIES, "gsfs"):
+            raise HandshakeRefused(
+                f"server runs strategy {reply.strategy!r}, unknown to this client"
+            )
         structlog.contextvars.bind_contextvars(
             client_id=reply.client_id, model_version=self.rt.state.base_version
         )

@@ -11,6 +11,7 @@ import pytest
 
 from fedllm_client.daemon import ClientDaemon
 from fedllm_client.metrics_log import read_metrics
+from fedllm_client.session import HandshakeRefused
 from fedllm_client.settings import ClientSettings
 from fedllm_core.model import build_model, trainable_state
 
@@ -138,3 +139,31 @@ def test_insecure_mode_names_itself_in_hello_over_plain_tcp(tmp_path: Path) -> N
 
     server, code = asyncio.run(main())
     assert (code, [h.client_name for h in server.hellos]) == (0, ["edge-9"])
+
+
+def test_lossy_upload_encoding_reaches_the_server_decoded(pki: Any, tmp_path: Path) -> None:
+    async def main() -> Scripted:
+        server = Scripted("fedavg", _initial_theta(tiny_settings(tmp_path / "p")), quorum=1)
+        server.stop_after = 1
+        port = await server.start(pki.server_context())
+        client = _client(pki, tmp_path, "client-1", 0, port, upload={"encoding": "int8"})
+        await ClientDaemon(client).run()
+        return server
+
+    server = asyncio.run(main())
+    update = server.updates[0][1]
+    assert (update.encoding.value, {a.dtype.name for a in update.tensors.values()}) == (
+        "int8",
+        {"float32"},
+    )
+
+
+def test_unknown_strategy_is_refused_not_retried(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = Scripted("fedprox", {})
+        port = await server.start(None)
+        await ClientDaemon(tiny_settings(tmp_path / "c", server={"port": port})).run()
+
+    with pytest.raises(HandshakeRefused) as refused:
+        asyncio.run(main())
+    assert refused.value.exit_code == 78
