@@ -273,6 +273,7 @@ class ClientRuntime:
         s.bytes_up += nbytes
         s.steps_since_upload = 0
         s.changed_since_upload = False
+        s.last_round = max(s.last_round, u.round)
         if pending.trigger_state is not None:
             self.trigger = pending.trigger_state
         self._losses.clear()

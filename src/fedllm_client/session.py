@@ -19,7 +19,7 @@ import structlog
 from fedllm_client.runtime import ClientRuntime, PendingUpload
 from fedllm_client.trainer import WorkerThread
 from fedllm_core.errors import ExitCode, FedllmError
-from fedllm_proto.errors import ErrorCode
+from fedllm_proto.errors import ErrorCode, LocalProtocolError
 from fedllm_proto.messages import (
     Ack,
     Bye,
@@ -28,8 +28,10 @@ from fedllm_proto.messages import (
     Reject,
     TrainRequest,
     TriggerReason,
+    Update,
     Welcome,
 )
+from fedllm_proto.states import State
 from fedllm_proto.transport import Peer, PeerClosed
 
 log = structlog.get_logger("fedllm.client")
@@ -156,6 +158,7 @@ class Session:
             self._dispatch(msg)
 
     def _count_down(self) -> None:
+        # the one counter the loop thread bumps (a plain int add; persisted by the worker)
         received = self.peer.bytes_received
         self.rt.state.bytes_down += received - self._bytes_mark
         self._bytes_mark = received
@@ -204,7 +207,7 @@ class Session:
     async def _send_update(self, pending: PendingUpload) -> None:
         async with self._send_lock:  # see _cancel: an upload sent is an upload counted
             before = self.peer.bytes_sent
-            await self.peer.send(pending.update)
+            await self._send(pending.update)
             nbytes = self.peer.bytes_sent - before
             log.info(
                 "update_sent",
@@ -214,6 +217,16 @@ class Session:
                 base_version=pending.update.base_version,
             )
             await self.worker.run(self.rt.uploaded, pending, nbytes)
+
+    async def _send(self, update: Update) -> None:
+        try:
+            await self.peer.send(update)
+        except LocalProtocolError as exc:
+            # the reader just saw the connection fail (state ERROR/CLOSED): a lost connection,
+            # not our bug; anything else is a bug and ends the daemon
+            if self.peer.connection.state in (State.ERROR, State.CLOSED):
+                raise PeerClosed(f"connection ended while sending: {exc}") from exc
+            raise
 
     # ------------------------------------------------------------------ strategies
     async def _sync_loop(self) -> None:
@@ -242,7 +255,6 @@ class Session:
                 self.rt.build_update, TriggerReason.ROUND, request.round, None, None
             )
             await self._send_update(pending)
-            self.rt.state.last_round = request.round
 
     async def _gsfs_loop(self) -> None:
         """GSFS: train continuously, upload when a trigger fires, swap in each broadcast."""
