@@ -7,18 +7,13 @@ test set), never written in advance. Baseline runs (no clients) get their own sm
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedllm_experiment import paper
+from fedllm_experiment.reading import is_federated, reading
 
 Run = Mapping[str, Any]
-
-
-def is_federated(run: Run) -> bool:
-    """Federated runs publish global versions; baselines and benchmarks have none."""
-    return int(run.get("rounds", 0)) > 0
 
 
 def _f(value: float | None, digits: int = 4) -> str:
@@ -104,71 +99,6 @@ def _table_extra(runs: Sequence[Run]) -> list[str]:
             f"| {_energy_cell(run['energy'])} |"
         )
     return lines
-
-
-def _noise(accuracy: float, n: int) -> float:
-    """Standard error of an accuracy measured on n test flows (binomial)."""
-    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
-
-
-def reading(runs: Sequence[Run]) -> list[str]:
-    """A few sentences computed from the numbers: who won, by how much, and whether it matters."""
-    fed = [r for r in runs if is_federated(r)]
-    if not fed:
-        return []
-    best = max(fed, key=lambda r: r["central"]["accuracy"])
-    worst = min(fed, key=lambda r: r["central"]["accuracy"])
-    gap = best["central"]["accuracy"] - worst["central"]["accuracy"]
-    n = int(best.get("test_flows") or 0)
-    se = _noise(best["central"]["accuracy"], n)
-    out = [
-        f"- Highest central accuracy: **{best['strategy']}** "
-        f"({best['central']['accuracy']:.4f}); lowest: {worst['strategy']} "
-        f"({worst['central']['accuracy']:.4f}); gap {gap:.4f}."
-    ]
-    if n:
-        verdict = "larger" if gap > 2 * math.sqrt(2) * se else "not larger"
-        out.append(
-            f"- Measured on {n} test flows, one accuracy has a standard error of about {se:.4f}; "
-            f"the gap is {verdict} than the noise of comparing two such numbers (2·√2·SE)."
-        )
-    out += _communication_reading(fed)
-    paper_best = max(paper.TABLE3, key=lambda s: paper.TABLE3[s]["acc_central"])
-    agrees = "agrees" if best["strategy"] == paper_best else "does not agree"
-    out.append(
-        f"- The paper's ranking puts {paper_best} first; ours {agrees}. Our set-up differs from "
-        "the paper's (model, data size, local budget, CPU only), so absolute numbers are not "
-        "expected to match; the comparison between strategies under equal budgets is the point."
-    )
-    return out
-
-
-def _communication_reading(fed: Sequence[Run]) -> list[str]:
-    by = {r["strategy"]: r for r in fed}
-    if "gsfs" not in by or "fedavg" not in by or not by["fedavg"]["bytes_up"]:
-        return []
-    g, a = by["gsfs"], by["fedavg"]
-    ratio = g["bytes_up"] / a["bytes_up"]
-    return [
-        *_headline(g, a),
-        f"- GSFS sent {g['uploads']} uploads ({g['bytes_up']:,} bytes) against FedAvg's "
-        f"{a['uploads']} ({a['bytes_up']:,} bytes): {ratio:.2f}x the upstream traffic.",
-    ]
-
-
-def _headline(g: Run, a: Run) -> list[str]:
-    """The paper's claim, GSFS above FedAvg, in our numbers next to its own margins."""
-    ref_g, ref_a = paper.TABLE3["gsfs"], paper.TABLE3["fedavg"]
-    central = g["central"]["accuracy"] - a["central"]["accuracy"]
-    line = (
-        f"- GSFS minus FedAvg, central accuracy: {central:+.4f} "
-        f"(paper: {ref_g['acc_central'] - ref_a['acc_central']:+.4f})"
-    )
-    if g.get("clients_avg") and a.get("clients_avg"):
-        clients = g["clients_avg"]["accuracy"] - a["clients_avg"]["accuracy"]
-        paper_clients = ref_g["acc_clients"] - ref_a["acc_clients"]
-        line += f"; client average: {clients:+.4f} (paper: {paper_clients:+.4f})"
-    return [line + "."]
 
 
 def _config_lines(config: Mapping[str, Any]) -> list[str]:
