@@ -69,7 +69,12 @@ class ClientRuntime:
         except StateError as exc:
             log.error("state_unusable", error=str(exc), action="starting_fresh")
             state = None
-        runtime = cls(settings, model, store, state or ClientState())
+        if state is not None and state.fingerprint not in ("", model.fingerprint):
+            # another model, labels or template: its tensors do not fit this one
+            log.warning("state_unusable", error="saved for another model fingerprint")
+            state = None
+        state = state or ClientState(fingerprint=model.fingerprint)
+        runtime = cls(settings, model, store, state)
         runtime._restore()
         return runtime
 

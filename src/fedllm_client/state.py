@@ -42,6 +42,7 @@ class ClientState:
     """Everything the daemon persists. Tensors are float32 TensorDicts (or None before the first
     global model); counters are plain ints; ``trigger`` is the trigger policy's state as JSON."""
 
+    fingerprint: str = ""  # model fingerprint the tensors belong to
     base_version: int = -1  # global version θ_i was started from (-1: none yet)
     steps_used: int = 0  # local optimizer steps spent out of max_total_steps
     uploads: int = 0

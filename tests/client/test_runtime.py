@@ -104,3 +104,12 @@ def test_synthetic_trainer_sends_the_same_update_shaped_like_the_global_model(
     second = rt.build_update(TriggerReason.ROUND, 1, None, None).update.tensors
     assert {k: v.shape for k, v in first.items()} == {"a": (3, 4), "b": (5,)}
     assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_state_of_another_model_is_not_loaded(tmp_path: Path) -> None:
+    rt = _started(tmp_path)
+    rt.train_chunk(3)
+    rt.persist()
+    other = tiny_settings(tmp_path, model={"lora_r": 4})
+    again = ClientRuntime.open(other)
+    assert (again.state.steps_used, again.state.base_version) == (0, -1)
