@@ -94,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     def save(outcome: Outcome) -> None:
         write_outputs(exp, outcome, out_dir, total_wall_s=time.monotonic() - started)
 
-    outcome = run_experiment(exp, out_dir, on_run=save)
+    try:
+        outcome = run_experiment(exp, out_dir, on_run=save)
+    except KeyboardInterrupt:
+        # the orchestrator has stopped every daemon before the interrupt reaches us
+        print(f"\ninterrupted: all daemons stopped; finished strategies are in {out_dir}")
+        raise
     print_table(outcome.runs, sys.stdout)
     print(f"total {time.monotonic() - started:.0f} s; results in {out_dir}", flush=True)
     return 1 if outcome.failures else 0
