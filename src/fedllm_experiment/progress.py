@@ -20,7 +20,6 @@ class JsonLinesTail:
 
     path: Path
     offset: int = 0
-    bad_lines: int = 0
 
     def read_new(self) -> list[dict[str, Any]]:
         try:
@@ -33,13 +32,12 @@ class JsonLinesTail:
         self.offset += len(complete)
         return [rec for rec in map(self._parse, complete.splitlines()) if rec is not None]
 
-    def _parse(self, line: bytes) -> dict[str, Any] | None:
-        if not line.strip():
-            return None
+    @staticmethod
+    def _parse(line: bytes) -> dict[str, Any] | None:
+        """A record, or None for a blank or torn line (a daemon killed mid-write)."""
         try:
             record = json.loads(line)
         except ValueError:
-            self.bad_lines += 1  # counted, not fatal: a progress display must never kill a run
             return None
         return record if isinstance(record, dict) else None
 
