@@ -15,6 +15,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -91,7 +92,8 @@ class ModelSettings(FrozenSettings):
     train_head: bool = True
     max_length: int = Field(64, ge=4, le=4096)  # tokens per prompt, truncation limit
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # of the frozen base weights
+    # frozen base weights + autocast compute; trainable state stays float32 whatever this says
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     torch_threads: int = Field(0, ge=0)  # 0: leave torch's default
     random_init: bool = False  # random weights from a config: no weights file needed
     config_overrides: dict[str, ConfigValue] = Field(default_factory=dict)
@@ -105,7 +107,7 @@ class ModelBundle:
     model: nn.Module  # peft-wrapped sequence classifier
     tokenizer: Any  # a transformers PreTrainedTokenizerBase
     device: torch.device
-    compute_dtype: torch.dtype  # autocast dtype on CUDA (bfloat16) or float32
+    compute_dtype: torch.dtype  # frozen weights + autocast: bfloat16 (CUDA, AMX CPU) or float32
     settings: ModelSettings
     labels: tuple[str, ...]
     model_type: str
@@ -124,14 +126,32 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bfloat16 matrix instructions (AMX or AVX512-BF16; Linux only)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "float32" or (setting == "auto" and device.type != "cuda"):
+    """Dtype of frozen weights and of autocast compute ("auto": bf16 where the hardware has it).
+
+    On CPUs with AMX / AVX512-BF16 a bf16 step costs ~0.55x an fp32 one (docs/model.md); on
+    other CPUs bf16 is emulated and slower, so "auto" stays float32 there.
+    """
+    if setting == "float32":
         return torch.float32
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
         if setting == "bfloat16":
             raise ModelError("model.dtype = 'bfloat16' but this GPU does not support it")
         return torch.float32
-    return torch.bfloat16
+    if setting == "bfloat16" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 def _load_tokenizer(settings: ModelSettings) -> Any:

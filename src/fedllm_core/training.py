@@ -6,7 +6,7 @@ cost saving). Batches come from an endless stream of seeded per-epoch permutatio
 trainer's data order is a function of (seed, epoch, position) and can be persisted as two ints.
 ``StepStats.layer_grad_norms`` are the L2 norms of the current step's gradient per layer (one
 LoRA A/B pair or one head module), taken before clipping. Inference sorts by length, runs under
-``torch.inference_mode`` and bf16 autocast on CUDA.
+``torch.inference_mode``; bf16 autocast when the bundle's dtype is bf16 (CUDA, AMX CPUs).
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ class StepStats:
 
 
 def _autocast(bundle: ModelBundle) -> contextlib.AbstractContextManager[object]:
-    if bundle.device.type == "cuda" and bundle.compute_dtype != torch.float32:
-        return torch.autocast("cuda", dtype=bundle.compute_dtype)
+    if bundle.compute_dtype != torch.float32:  # bf16 matmuls; fp32 where autocast says so
+        return torch.autocast(bundle.device.type, dtype=bundle.compute_dtype)
     return contextlib.nullcontext()
 
 

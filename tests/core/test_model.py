@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fedllm_core.embedded import resolve_model_path, verify_sha256
 from fedllm_core.errors import ModelError
@@ -42,7 +43,7 @@ HEAD = {"bert": "classifier", "opt": "score", "gpt2": "score", "llama": "score"}
 
 
 def tiny_settings(arch: str = "bert", **changes) -> ModelSettings:
-    fields = {"lora_r": 4, "device": "cpu", **changes}
+    fields = {"lora_r": 4, "device": "cpu", "dtype": "float32", **changes}
     return ModelSettings(name=arch, random_init=True, config_overrides=TINY[arch], **fields)
 
 
@@ -210,3 +211,9 @@ def test_unknown_embedded_model_is_an_error():
 def test_a_classifier_needs_two_labels():
     with pytest.raises(ModelError):
         build_model(tiny_settings(), ("only",))
+
+
+def test_bfloat16_base_keeps_the_trainable_state_float32():
+    model = build_model(tiny_settings(dtype="bfloat16"), LABELS).model
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}

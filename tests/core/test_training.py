@@ -20,10 +20,10 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 TINY_GPT2 = {"n_embd": 32, "n_layer": 1, "n_head": 2}
 
 
-def tiny(arch: str = "bert", overrides: dict | None = None, seed: int = 0):
+def tiny(arch: str = "bert", overrides: dict | None = None, seed: int = 0, dtype="float32"):
     config = overrides or (TINY_BERT if arch == "bert" else TINY_GPT2)
     settings = ModelSettings(
-        name=arch, random_init=True, config_overrides=config, lora_r=4, device="cpu"
+        name=arch, random_init=True, config_overrides=config, lora_r=4, device="cpu", dtype=dtype
     )
     return build_model(settings, LABELS, seed=seed)
 
@@ -46,6 +46,13 @@ def split_for(bundle, n: int = 64):
 
 def test_loss_goes_down_on_a_learnable_dataset():
     bundle = tiny()
+    trainer = LocalTrainer(bundle, split_for(bundle), TrainSettings(lr=2e-2, batch_size=16))
+    losses = [trainer.step().loss for _ in range(40)]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_loss_goes_down_under_bfloat16_autocast():
+    bundle = tiny(dtype="bfloat16")
     trainer = LocalTrainer(bundle, split_for(bundle), TrainSettings(lr=2e-2, batch_size=16))
     losses = [trainer.step().loss for _ in range(40)]
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
