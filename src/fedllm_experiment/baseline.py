@@ -106,14 +106,7 @@ def finetune(
     wall = time.perf_counter() - start
     energy = meter.read().to_dict()
     metrics = evaluate(bundle, test_split, train.eval_batch_size)
-    latency = measure_latency(
-        bundle.model,
-        tok,
-        split.test_texts,
-        max_length=max_len,
-        device=str(bundle.device),
-        requests=latency_requests,
-    )
+    latency = measure_latency(bundle, split.test_texts, requests=latency_requests)
     return run_record(
         name,
         metrics,

@@ -126,14 +126,7 @@ def final_latency(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any]:
         return {}
     bundle, texts = _timing_model(model, data)
     load_trainable_state(bundle.model, loaded.global_state)
-    measured = measure_latency(
-        bundle.model,
-        bundle.tokenizer,
-        texts,
-        max_length=model.max_length,
-        device=str(bundle.device),
-        requests=exp.latency_requests,
-    )
+    measured = measure_latency(bundle, texts, requests=exp.latency_requests)
     return {**measured, "model_version": loaded.version}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -168,7 +169,11 @@ def prepare_deployment(
     from fedllm_client.settings import ClientSettings
     from fedllm_server.settings import ServerSettings
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # The daemons resume from whatever state they find (checkpoints, client state), so a
+    # strategy directory left by an earlier run into the same --out must not survive.
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
     port = free_port()
     server = ServerSettings.model_validate(server_dict(exp, strategy, pki, run_dir, port))
     (run_dir / "server.toml").write_text(_to_toml(server))

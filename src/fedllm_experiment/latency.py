@@ -10,6 +10,7 @@ numbers because they dominate them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,38 +18,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedllm_core.model import ModelBundle
+
 DEFAULT_REQUESTS = 200
 DEFAULT_WARMUP = 10
 DEFAULT_BATCH = 32
 
 
-def _classify(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: str) -> Any:
-    batch = tokenizer(
-        texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-    ).to(device)
-    with torch.inference_mode():
-        logits = model(**batch).logits
+def _compute_context(bundle: ModelBundle) -> contextlib.AbstractContextManager[object]:
+    """The bundle's compute dtype: frozen bf16 weights need autocast, as in training/evaluation."""
+    if bundle.compute_dtype != torch.float32:
+        return torch.autocast(bundle.device.type, dtype=bundle.compute_dtype)
+    return contextlib.nullcontext()
+
+
+def _classify(bundle: ModelBundle, texts: list[str]) -> torch.Tensor:
+    batch = bundle.tokenizer(
+        texts,
+        truncation=True,
+        max_length=bundle.settings.max_length,
+        padding=True,
+        return_tensors="pt",
+    ).to(bundle.device)
+    with torch.inference_mode(), _compute_context(bundle):
+        logits = bundle.model(**batch).logits  # (B, C)
     return logits.argmax(dim=-1).cpu()  # .cpu() waits for the device, so the timing is complete
 
 
-def _timed_requests(
-    model: Any, tokenizer: Any, batches: list[list[str]], max_length: int, device: str
-) -> list[float]:
+def _timed_requests(bundle: ModelBundle, batches: list[list[str]]) -> list[float]:
     seconds = []
     for texts in batches:
         start = time.perf_counter()
-        _classify(model, tokenizer, texts, max_length, device)
+        _classify(bundle, texts)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
 def measure_latency(
-    model: Any,
-    tokenizer: Any,
+    bundle: ModelBundle,
     texts: Sequence[str],
     *,
-    max_length: int,
-    device: str = "cpu",
     requests: int = DEFAULT_REQUESTS,
     warmup: int = DEFAULT_WARMUP,
     batch_size: int = DEFAULT_BATCH,
@@ -58,13 +67,14 @@ def measure_latency(
         raise ValueError("latency needs at least one flow text")
     pool = list(texts)
     singles = [[pool[i % len(pool)]] for i in range(warmup + requests)]
+    model = bundle.model
     was_training = model.training
     model.eval()
     try:
-        one = _timed_requests(model, tokenizer, singles, max_length, device)[warmup:]
+        one = _timed_requests(bundle, singles)[warmup:]
         chunks = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        _timed_requests(model, tokenizer, chunks[:1], max_length, device)  # warm-up
-        batched = _timed_requests(model, tokenizer, chunks, max_length, device)
+        _timed_requests(bundle, chunks[:1])  # warm-up
+        batched = _timed_requests(bundle, chunks)
     finally:
         model.train(was_training)
     per_flow_batched_ms = 1000.0 * sum(batched) / len(pool)
@@ -77,6 +87,7 @@ def measure_latency(
         "batched_flows": len(pool),
         "flows_per_min": 60000.0 / per_flow_batched_ms,
         "warmup_requests": warmup,
-        "device": device,
+        "device": str(bundle.device),
+        "compute_dtype": str(bundle.compute_dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     }

@@ -74,3 +74,11 @@ def test_gsfs_cadence_fits_the_aggregations_in_the_budget(clients: int, local_st
     # uploads the clients can make under the minimum gap, plus each one's final upload
     uploads = clients * (exp.budget_steps // trigger["min_steps_between_uploads"] + 1)
     assert uploads >= exp.rounds * quorum
+
+
+def test_a_rerun_into_the_same_directory_starts_from_nothing(pki: PkiPaths, tmp_path: Path) -> None:
+    leftover = tmp_path / "fedavg" / "server-state" / "checkpoints" / "checkpoint-00000002.json"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("{}")
+    prepare_deployment(ExperimentSettings(clients=2), "fedavg", pki, tmp_path / "fedavg")
+    assert not leftover.exists()
