@@ -21,6 +21,8 @@ from fedllm_proto.transport import Peer, PreparedMessage
 
 log = structlog.get_logger("fedllm.server.session")
 
+SEND_GRACE_S = 5.0  # how long a close waits for a message already being written
+
 Outgoing: TypeAlias = Message | PreparedMessage
 
 
@@ -47,6 +49,7 @@ class ClientSession:
         self.close_reason = ""
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=queue_bound)
         self._writer: asyncio.Task[None] | None = None
+        self._sending = False
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._drain(), name=f"writer-{self.client_id}")
@@ -69,11 +72,15 @@ class ClientSession:
         try:
             while True:
                 item = await self._outbox.get()
+                self._sending = True
                 if isinstance(item, PreparedMessage):
                     await self.peer.send_prepared(item)
                 else:
                     await self.peer.send(item)
+                self._sending = False
                 self._outbox.task_done()
+                if self.closed.is_set():
+                    return  # closing: stop between messages, never in the middle of one
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send: the reader sees it too
@@ -107,10 +114,14 @@ class ClientSession:
         await self._close_quietly(reason)
 
     async def _close_quietly(self, reason: str) -> None:
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task() and not writer.done():
+            if not self._sending:
+                writer.cancel()  # idle in get(): nothing half-written
+            # mid-message: let that message finish (bounded) so the peer sees Bye, not a torn
+            # frame; wait_for cancels it if the client is too slow.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+                await asyncio.wait_for(writer, SEND_GRACE_S)
         with contextlib.suppress(Exception):
             await self.peer.close(reason)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedllm_core.certs import PkiPaths
+from fedllm_proto.errors import ProtocolError
 from fedllm_proto.messages import (
     PROTOCOL_VERSIONS,
     Ack,
@@ -109,6 +110,8 @@ class ScriptedClient:
     closed_reason: str = ""
     sent: int = 0
     sent_deltas: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    last_uid: str = ""
+    replayed: bool = False
 
     async def connect(self) -> Welcome | Reject:
         self.peer = await connect(self.host, self.port, self.ssl_context, "localhost")
@@ -151,6 +154,7 @@ class ScriptedClient:
         uid = update_id or f"{self.name}-{self.seed}-{self.sent}"
         delta = self.delta()
         self.sent_deltas[uid] = delta
+        self.last_uid = uid
         update = Update(
             uid, self.version, round_number, self.sample_count, trigger, {"f1_macro": 0.5}, delta
         )
@@ -161,7 +165,6 @@ class ScriptedClient:
     async def serve(self, *, answer_rounds: bool = True) -> None:
         """Receive until the server closes the connection; answer TrainRequests."""
         assert self.peer is not None
-        last_uid = ""
         try:
             while True:
                 msg = await self.peer.recv()
@@ -171,18 +174,19 @@ class ScriptedClient:
                 elif isinstance(msg, TrainRequest):
                     self.requests.append(msg)
                     if answer_rounds:
-                        last_uid = await self.upload(msg.round)
+                        await self.upload(msg.round)
                 elif isinstance(msg, Ack):
                     self.acks.append(msg)
-                    if self.faults.replay and msg.update_id == last_uid:
-                        await self.upload(-1, update_id=last_uid)
+                    if self.faults.replay and not self.replayed:
+                        self.replayed = True  # replay the acknowledged update once
+                        await self.upload(-1, update_id=msg.update_id)
                 elif isinstance(msg, Reject):
                     self.rejects.append(msg)
                 elif isinstance(msg, Error):
                     self.errors.append(msg)
         except PeerClosed as exc:
             self.closed_reason = str(exc)
-        except (ConnectionError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError, ProtocolError) as exc:
             self.closed_reason = repr(exc)
 
     async def upload_every(self, interval_s: float, count: int) -> None:
@@ -191,6 +195,20 @@ class ScriptedClient:
             await asyncio.sleep(interval_s)
             with contextlib.suppress(PeerClosed, ConnectionError):
                 await self.upload()
+
+    async def upload_per_version(self, target: int, timeout_s: float = 60.0) -> None:
+        """GSFS-style: one upload against each new global model until version `target`."""
+        async with asyncio.timeout(timeout_s):
+            while self.version < 0:  # no global model yet: nothing to compute a delta against
+                await asyncio.sleep(0.01)
+            while self.version < target:
+                seen = self.version
+                with contextlib.suppress(PeerClosed, ConnectionError):
+                    await self.upload()
+                while self.version == seen and not self.closed_reason:
+                    await asyncio.sleep(0.01)
+                if self.closed_reason:
+                    return
 
     async def close(self) -> None:
         if self.peer is not None:
