@@ -94,7 +94,8 @@ def server_messages() -> list[Message]:
 
 def client_messages() -> list[Message]:
     """What a client may send once the conversation is open."""
-    return [update(e) for e in Encoding] + [Heartbeat()]
+    out: list[Message] = [update(e) for e in Encoding]
+    return [*out, Heartbeat()]
 
 
 def closing_messages() -> list[Message]:
