@@ -25,6 +25,7 @@ from fedllm_proto.messages import (
     Bye,
     Error,
     GlobalModel,
+    Heartbeat,
     Reject,
     TrainRequest,
     TriggerReason,
@@ -73,6 +74,7 @@ class Session:
         tasks = {
             reader,
             asyncio.create_task(work, name="work"),
+            asyncio.create_task(self._keepalive(), name="keepalive"),
             asyncio.create_task(self.stop.wait(), name="stop"),
         }
         try:
@@ -143,6 +145,21 @@ class Session:
         await self.worker.run(self.rt.persist)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.peer.close(reason), timeout=5.0)
+
+    async def _keepalive(self) -> None:
+        """A heartbeat whenever nothing was sent for one heartbeat period.
+
+        The transport heartbeats on its own, but its timer sleeps until the deadline it knew
+        when it last armed (before Welcome: only its idle timeout), so a client busy training
+        could go silent long enough for the server to drop it. Sent only when the transport
+        sent nothing, so normally this adds no traffic."""
+        assert self.welcome is not None
+        last = -1
+        while True:
+            await asyncio.sleep(self.welcome.heartbeat_interval_s)
+            if self.peer.bytes_sent == last and not self._send_lock.locked():
+                await self.peer.send(Heartbeat())
+            last = self.peer.bytes_sent
 
     # ------------------------------------------------------------------ receiving
     async def _read(self) -> None:

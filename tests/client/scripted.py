@@ -44,9 +44,13 @@ class Scripted:
     _pool: dict[str, Update] = field(default_factory=dict)
     _round_started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self, ctx: ssl.SSLContext | None, port: int = 0) -> int:
+    async def start(self, ctx: ssl.SSLContext | None, port: int = 0, idle_s: float = 30.0) -> int:
         self.server = await serve(
-            self.on_peer, port=port, ssl_context=ctx, heartbeat_interval_s=0.5
+            self.on_peer,
+            port=port,
+            ssl_context=ctx,
+            heartbeat_interval_s=0.25,
+            idle_timeout_s=idle_s,
         )
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -61,7 +65,7 @@ class Scripted:
         assert isinstance(hello, Hello)
         self.hellos.append(hello)
         cid = peer.peer_id or hello.client_name
-        await peer.send(Welcome(1, cid, self.strategy, {}, self.version, 0.5))
+        await peer.send(Welcome(1, cid, self.strategy, {}, self.version, 0.25))
         await peer.send(GlobalModel(self.version, self.theta))
         self.peers[cid] = peer
         if self.bye_after_hello:

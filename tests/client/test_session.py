@@ -167,3 +167,24 @@ def test_unknown_strategy_is_refused_not_retried(tmp_path: Path) -> None:
     with pytest.raises(HandshakeRefused) as refused:
         asyncio.run(main())
     assert refused.value.exit_code == 78
+
+
+def test_heartbeats_flow_while_a_long_training_chunk_runs(tmp_path: Path) -> None:
+    """Chunks of 3 s of "training" against a server that drops a peer silent for 2 s."""
+
+    async def main() -> tuple[Scripted, int, ClientSettings]:
+        server = Scripted("gsfs", _initial_theta(tiny_settings(tmp_path / "p")), quorum=1)
+        server.stop_after = 1
+        port = await server.start(None, idle_s=2.0)
+        client = tiny_settings(
+            tmp_path / "c",
+            server={"port": port},
+            trainer="synthetic",
+            synthetic={"step_time_s": 0.3},
+            steps_per_chunk=10,
+            trigger={"check_every": 10, "min_steps_between_uploads": 10, "max_silence_steps": 20},
+        )
+        return server, await ClientDaemon(client).run(), client
+
+    server, code, client = asyncio.run(main())
+    assert (code, len(server.hellos), len(_events(client, "connected"))) == (0, 1, 1)
