@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any, cast
 
 import structlog
@@ -24,6 +25,7 @@ from fedllm_proto.wire import Buffer, EncodedMessage
 
 log = structlog.get_logger("fedllm.transport")
 INBOX_MESSAGES = 4  # received messages queued before we stop reading (bounded memory)
+LINGER_S = 2.0  # how long a failed peer may read our Error frame before we close
 _WRITE_BATCH = 1 << 20  # bytes written between flow-control checks
 
 
@@ -52,6 +54,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._wakeup: asyncio.Event = asyncio.Event()
         self._can_write: asyncio.Event = asyncio.Event()
         self._can_write.set()
+        self.timer_kick: asyncio.Event = asyncio.Event()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -122,6 +125,7 @@ class WireProtocol(asyncio.BufferedProtocol):
     def _push(self, item: _Item) -> None:
         self.inbox.append(item)
         self._wakeup.set()
+        self.timer_kick.set()
         if len(self.inbox) >= INBOX_MESSAGES and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()  # backpressure: the app is slower than the peer
@@ -145,9 +149,19 @@ class WireProtocol(asyncio.BufferedProtocol):
         log.warning(event, address=self.address, code=exc.code.name, reason=exc.detail)
         if self.transport is not None and not self._dead:
             self.transport.write(self.conn.send_error(exc, _now()))
-            self.transport.close()
+            self._close_after_error(self.transport)
         self._dead = True
         self._push(TimeoutError(str(exc)) if exc.code is ErrorCode.IDLE_TIMEOUT else exc)
+
+    @staticmethod
+    def _close_after_error(transport: asyncio.Transport) -> None:
+        # Closing with unread input makes the kernel send RST, which can destroy our Error
+        # frame before the peer reads it: half-close, keep discarding input, close later.
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     async def write(self, buffers: list[Buffer], stall_timeout_s: float | None) -> int:
         """Write buffers in order with flow control; returns bytes written."""
@@ -265,7 +279,10 @@ class Peer:
         while not self._proto.lost.done():
             deadline = self._conn.get_timer()
             delay = 1.0 if deadline is None else max(0.0, deadline - loop.time())
-            await asyncio.sleep(delay)
+            # A received message can move the deadline (Welcome sets the heartbeat interval).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proto.timer_kick.wait(), delay)
+            self._proto.timer_kick.clear()
             self._tick(loop.time())
 
     def _tick(self, now: float) -> None:

@@ -1,0 +1,291 @@
+"""The asyncio transport on real loopback sockets: every message, misbehaving peers, TLS.
+
+Plain TCP is enough for the protocol behaviour; one test runs the same conversation over
+mutual TLS with the session PKI. Timeouts here are safety nets, never timing assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from fedllm_proto.codec import Encoding
+from fedllm_proto.errors import ErrorCode, ProtocolError
+from fedllm_proto.frames import Flags, FrameType, pack_header
+from fedllm_proto.messages import (
+    Ack,
+    GlobalModel,
+    Hello,
+    Message,
+    Reject,
+    RejectCode,
+    TrainRequest,
+    Update,
+    Welcome,
+)
+from fedllm_proto.testing import example_tensors, hello, tensors_equal, update
+from fedllm_proto.transport import Peer, PeerClosed, Server, connect, prepare, run, serve
+
+SAFETY_S = 20.0
+
+
+def runs(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    async def guarded() -> None:
+        async with asyncio.timeout(SAFETY_S):
+            await coro_fn()
+
+    run(guarded())
+
+
+async def echo_server(**kwargs: Any) -> tuple[Server, int, list[Message]]:
+    """A server that welcomes, then answers each Update with an Ack; records what it got."""
+    got: list[Message] = []
+
+    async def on_peer(peer: Peer) -> None:
+        first = await peer.recv()
+        got.append(first)
+        await peer.send(Welcome(peer.protocol_version, "c", "gsfs", {}, 0, 0.1))
+        with contextlib.suppress(PeerClosed):
+            while True:
+                msg = await peer.recv()
+                got.append(msg)
+                assert isinstance(msg, Update)
+                await peer.send(Ack(msg.update_id, 1))
+
+    server = await serve(on_peer, **kwargs)
+    return server, server.sockets[0].getsockname()[1], got
+
+
+async def greeted(port: int, **kwargs: Any) -> Peer:
+    peer = await connect("127.0.0.1", port, **kwargs)
+    await peer.send(hello())
+    assert isinstance(await peer.recv(), Welcome)
+    return peer
+
+
+def test_every_server_message_crosses_the_loopback() -> None:
+    sent: list[Message] = [
+        GlobalModel(7, example_tensors(3)),
+        TrainRequest(1, 7, 10, 30.0),
+        Ack("u", 8),
+        Reject("u2", RejectCode.REPLAY, "seen"),
+    ]
+    received: list[Message] = []
+
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send(Welcome(peer.protocol_version, "c", "fedavg", {}, 0, 5.0))
+        await peer.send_prepared(prepare(sent[0]))
+        for msg in sent[1:]:
+            await peer.send(msg)
+        await peer.close("done")
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        peer = await greeted(server.sockets[0].getsockname()[1])
+        with contextlib.suppress(PeerClosed):
+            while True:
+                received.append(await peer.recv())
+        server.close()
+
+    runs(main)
+    assert received == sent and tensors_equal(received[0].tensors, sent[0].tensors)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_updates_in_every_encoding_reach_the_server(encoding: Encoding) -> None:
+    async def main() -> None:
+        server, port, got = await echo_server()
+        peer = await greeted(port)
+        await peer.send(update(encoding))
+        assert await peer.recv() == Ack("upd-1", 1)
+        await peer.close()
+        server.close()
+        assert got[1] == update(encoding)
+
+    runs(main)
+
+
+def test_one_prepared_message_goes_to_several_peers() -> None:
+    prepared = prepare(GlobalModel(2, {"w": np.arange(300_000, dtype=np.float32)}))
+    results: list[Message] = []
+
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send(Welcome(peer.protocol_version, "c", "fedavg", {}, 0, 5.0))
+        await peer.send_prepared(prepared)
+        await peer.recv()  # until the client leaves
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        port = server.sockets[0].getsockname()[1]
+        peers = [await greeted(port) for _ in range(3)]
+        results.extend([await p.recv() for p in peers])
+        for p in peers:
+            await p.close()
+        server.close()
+
+    runs(main)
+    assert all(tensors_equal(r.tensors, prepared.message.tensors) for r in results)  # type: ignore[union-attr]
+
+
+def test_bye_surfaces_as_peer_closed_with_the_reason() -> None:
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.close("maintenance")
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1])
+        await peer.send(hello())
+        with pytest.raises(PeerClosed, match="maintenance"):
+            await peer.recv()
+        server.close()
+
+    runs(main)
+
+
+async def raw_client(port: int, data: bytes) -> bytes:
+    """Send raw bytes, return everything the server says before it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+BAD_PEERS = {
+    "garbage": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "oversize": pack_header(1, FrameType.HELLO, Flags.NONE, 2**31),
+    "tls_hello": bytes([0x16, 0x03, 0x01, 0x00, 0xC8]) + bytes(40),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_PEERS))
+def test_bad_peer_is_logged_and_dropped_while_a_good_client_keeps_working(kind: str) -> None:
+    answers: list[bytes] = []
+
+    async def main() -> None:
+        server, port, _got = await echo_server()
+        good = await greeted(port)
+        answers.append(await raw_client(port, BAD_PEERS[kind]))
+        await good.send(update())
+        assert await good.recv() == Ack("upd-1", 1)
+        await good.close()
+        server.close()
+
+    with capture_logs() as logs:
+        runs(main)
+    events = [e for e in logs if e["event"] == "peer_protocol_error"]
+    assert len(events) == 1 and events[0]["address"].startswith("127.0.0.1:")
+    assert FrameType.ERROR.to_bytes(1, "big") == answers[0][5:6]  # an Error frame came back
+
+
+def test_silent_peer_is_timed_out_while_a_heartbeating_client_stays() -> None:
+    async def main() -> None:
+        server, port, _got = await echo_server(idle_timeout_s=0.5, heartbeat_interval_s=0.1)
+        good = await greeted(port, idle_timeout_s=5.0)  # heartbeats every 0.1 s (from Welcome)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.read() != b""  # silent: the server sends an Error and closes
+        await good.send(update())
+        assert await good.recv() == Ack("upd-1", 1)
+        writer.close()
+        await good.close()
+        server.close()
+
+    with capture_logs() as logs:
+        runs(main)
+    assert [e["reason"] for e in logs if e["event"] == "peer_idle_timeout"] == ["silent for 0.5s"]
+
+
+def test_client_recv_raises_timeout_when_the_server_goes_silent() -> None:
+    async def main() -> None:
+        async def on_peer(peer: Peer) -> None:
+            await asyncio.sleep(SAFETY_S)  # never answers, never heartbeats
+
+        server = await serve(on_peer, heartbeat_interval_s=None)
+        peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1], idle_timeout_s=0.3)
+        await peer.send(hello())
+        with pytest.raises(TimeoutError):
+            await peer.recv()
+        server.close()
+
+    with capture_logs():
+        runs(main)
+
+
+def test_protocol_violation_by_the_server_raises_protocol_error_at_the_client() -> None:
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        peer.connection.state = peer.connection.state.OPEN  # skip Welcome: a buggy server
+        await peer.send(Ack("x", 1))
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1])
+        await peer.send(hello())
+        with pytest.raises(ProtocolError) as err:
+            await peer.recv()
+        assert err.value.code is ErrorCode.UNEXPECTED_MESSAGE
+        server.close()
+
+    with capture_logs():
+        runs(main)
+
+
+def test_mutual_tls_conversation_uses_the_certificate_identity(pki: Any) -> None:
+    ids: list[str] = []
+
+    async def on_peer(peer: Peer) -> None:
+        ids.append(peer.peer_id)
+        msg = await peer.recv()
+        assert isinstance(msg, Hello)
+        await peer.send(Welcome(peer.protocol_version, peer.peer_id, "gsfs", {}, 0, 5.0))
+        await peer.send_prepared(prepare(GlobalModel(1, example_tensors())))
+        await peer.recv()
+
+    async def main() -> None:
+        server = await serve(on_peer, ssl_context=pki.server_context())
+        peer = await connect(
+            "127.0.0.1",
+            server.sockets[0].getsockname()[1],
+            ssl_context=pki.client_context("client-2"),
+            server_hostname="localhost",
+        )
+        await peer.send(hello())
+        welcome = await peer.recv()
+        model = await peer.recv()
+        assert isinstance(welcome, Welcome) and welcome.client_id == "client-2"
+        assert tensors_equal(model.tensors, example_tensors())  # type: ignore[union-attr]
+        await peer.close()
+        server.close()
+
+    runs(main)
+    assert ids == ["client-2"]
+
+
+def test_plaintext_client_at_a_tls_server_is_refused_and_logged(pki: Any) -> None:
+    async def main() -> None:
+        server, port, _got = await echo_server(ssl_context=pki.server_context())
+        assert await raw_client(port, bytes(hello_frame())) == b""
+        server.close()
+
+    with capture_logs() as logs:
+        runs(main)
+    refused = [e for e in logs if e["event"] == "peer_refused"]
+    assert len(refused) == 1 and "TLS" in refused[0]["reason"]
+
+
+def hello_frame() -> bytes:
+    from fedllm_proto.connection import Connection
+    from fedllm_proto.states import Role
+
+    return Connection(Role.CLIENT).send(hello(), 0.0)
