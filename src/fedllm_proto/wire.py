@@ -24,8 +24,9 @@ from fedllm_proto.limits import Limits
 from fedllm_proto.messages import MESSAGE_TYPES, GlobalModel, InvalidMessage, Message, Update
 
 Buffer = bytes | memoryview
-# Raw/fp16/int8 bodies are dense floats or quantised noise: zstd level 1 saves 5-20 % at
-# ~600 MB/s, slower than the link. Top-k bodies are small and their sorted indices compress.
+# Measured on 20 MB of float32 deltas (zstd level 1, 2-core VM): raw saves 7 % at 265 MB/s,
+# fp16 8 % at 284 MB/s, int8 6 % at 397 MB/s -- all slower than the TLS link, so not worth it.
+# Top-k bodies are ~2 % of raw and their sorted indices shrink 13 % at 890 MB/s: compress.
 COMPRESS_BODY: dict[Encoding, bool] = {
     Encoding.RAW: False,
     Encoding.FP16: False,
