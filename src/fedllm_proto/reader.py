@@ -45,10 +45,11 @@ class BodyPool:
         self._free: list[np.ndarray] = []
 
     def take(self, nbytes: int) -> memoryview:
-        for i, buf in enumerate(self._free):
-            # 3 = the list slot + the loop variable + getrefcount's own argument
-            if buf.nbytes >= nbytes and sys.getrefcount(buf) <= 3:
-                self._free.append(self._free.pop(i))  # most recently used last
+        for i in range(len(self._free)):
+            # 2 = the list slot + getrefcount's own argument: no view of it is alive
+            if self._free[i].nbytes >= nbytes and sys.getrefcount(self._free[i]) <= 2:
+                buf = self._free.pop(i)
+                self._free.append(buf)  # most recently used last
                 return buf[:nbytes].data
         buf = np.empty(nbytes, dtype=np.uint8)  # (nbytes,) caller checked the limits
         self._free.append(buf)

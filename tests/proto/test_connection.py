@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -298,3 +299,25 @@ def test_tensor_message_arrives_only_after_its_last_byte() -> None:
     data = server.send(GlobalModel(1, example_tensors()), 0.0)
     partial = feed(client, [data[:-1]])
     assert (partial, len(feed(client, [data[-1:]]))) == ([], 1)
+
+
+def _receive_model(client: Connection, server: Connection, value: float) -> GlobalModel:
+    tensors = {"w": np.full(10_000, value, np.float32)}
+    (msg,) = feed(client, [server.send(GlobalModel(1, tensors), 0.0)])
+    assert isinstance(msg, GlobalModel)
+    return msg
+
+
+def test_body_buffer_is_reused_once_the_tensors_are_dropped() -> None:
+    client, server = open_pair()
+    first = _receive_model(client, server, 1.0)
+    address = first.tensors["w"].__array_interface__["data"][0]
+    del first
+    second = _receive_model(client, server, 2.0)
+    assert second.tensors["w"].__array_interface__["data"][0] == address
+
+
+def test_tensors_still_held_are_never_overwritten() -> None:
+    client, server = open_pair()
+    kept = [_receive_model(client, server, float(i)) for i in range(4)]
+    assert [float(m.tensors["w"][0]) for m in kept] == [0.0, 1.0, 2.0, 3.0]
