@@ -26,6 +26,10 @@ from fedllm_experiment.results import average_metrics, metric_block, run_record
 Record = Mapping[str, Any]
 
 
+class IncompleteRun(RuntimeError):
+    """The server stopped cleanly but short of the last version (or never evaluated one)."""
+
+
 def _kind(records: Sequence[Record], kind: str) -> list[Record]:
     return [r for r in records if r.get("kind") == kind]
 
@@ -137,8 +141,12 @@ def collect_run(
     clients = [client_summary(n, read_json_lines(p)) for n, p in dep.client_metrics.items()]
     hist = history(server)
     evaluated = [h for h in hist if h["central"]]
-    if not evaluated:
-        raise RuntimeError(f"{strategy}: the server recorded no evaluated version")
+    if not hist or hist[-1]["version"] < exp.rounds or not evaluated:
+        reached = hist[-1]["version"] if hist else 0
+        raise IncompleteRun(
+            f"the server exited at version {reached} of {exp.rounds} "
+            f"(evaluated versions: {len(evaluated)}); see {dep.fleet.server.log_path}"
+        )
     finals = [c["final_eval"] for c in clients if c["final_eval"]]
     updates = _kind(server, "update")
     return run_record(

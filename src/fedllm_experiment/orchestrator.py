@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedllm_core.certs import PkiPaths, make_federation_pki
-from fedllm_experiment.collect import collect_run
+from fedllm_experiment.collect import IncompleteRun, collect_run
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import SERVER_NAME, Deployment, client_names, prepare_deployment
 from fedllm_experiment.processes import DaemonCrashed, tail_lines
@@ -92,7 +92,7 @@ def run_experiment(
         print(f"[{strategy}] starting server + {exp.clients} clients (mTLS, 127.0.0.1)", file=out)
         try:
             outcome.runs.append(run_strategy(exp, strategy, pki, out_dir / strategy, out))
-        except (DaemonCrashed, RunTimeout) as exc:
+        except (DaemonCrashed, RunTimeout, IncompleteRun) as exc:
             print(f"[{strategy}] FAILED: {exc}", file=out, flush=True)
             outcome.failures.append(_failure(strategy, exc))
         if on_run is not None:
