@@ -26,7 +26,7 @@ from fedllm_proto.wire import Buffer, EncodedMessage
 log = structlog.get_logger("fedllm.transport")
 INBOX_MESSAGES = 4  # received messages queued before we stop reading (bounded memory)
 LINGER_S = 2.0  # how long a failed peer may read our Error frame before we close
-_WRITE_BATCH = 1 << 20  # bytes written between flow-control checks
+WRITE_SLICE = 1 << 20  # largest single transport.write (see WireProtocol.write)
 
 
 class PeerClosed(Exception):
@@ -164,21 +164,22 @@ class WireProtocol(asyncio.BufferedProtocol):
             transport.close()
 
     async def write(self, buffers: list[Buffer], stall_timeout_s: float | None) -> int:
-        """Write buffers in order with flow control; returns bytes written."""
+        """Write buffers in order with flow control; returns bytes written.
+
+        Big views go out in slices of ``WRITE_SLICE`` with a writability check after each,
+        so the TLS layer encrypts (and buffers) at most about one slice ahead of the socket.
+        """
         assert self.transport is not None
-        total = pending = 0
+        total = 0
         for buf in buffers:
-            if self._dead or self.transport.is_closing():
-                raise PeerClosed("connection closed while sending")
-            self.transport.write(buf)
-            size = len(buf) if isinstance(buf, bytes) else buf.nbytes
-            total += size
-            pending += size
-            if pending >= _WRITE_BATCH and not self._can_write.is_set():
-                pending = 0
-                await self._wait_writable(stall_timeout_s)
-        if not self._can_write.is_set():
-            await self._wait_writable(stall_timeout_s)
+            view = memoryview(buf)
+            for start in range(0, max(len(view), 1), WRITE_SLICE):
+                if self._dead or self.transport.is_closing():
+                    raise PeerClosed("connection closed while sending")
+                self.transport.write(view[start : start + WRITE_SLICE])
+                if not self._can_write.is_set():
+                    await self._wait_writable(stall_timeout_s)
+            total += view.nbytes
         return total
 
     async def _wait_writable(self, stall_timeout_s: float | None) -> None:
