@@ -78,8 +78,9 @@ def decode_int8(seg: memoryview, dtype: np.dtype, size: int, block: int) -> np.n
     q = np.frombuffer(seg, dtype=np.int8, count=size, offset=nblocks * 4)  # (n,)
     padded = np.zeros(nblocks * block, dtype=np.float32)
     padded[:size] = q
-    out = padded.reshape(nblocks, block) * scale[:, None]  # (nblocks, block)
-    return out.reshape(-1)[:size].astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # rounding can step past float16 max
+        out = padded.reshape(nblocks, block) * scale[:, None]  # (nblocks, block)
+        return out.reshape(-1)[:size].astype(dtype)
 
 
 def encode_topk(arr: np.ndarray, fraction: float = TOPK_FRACTION) -> tuple[list[memoryview], int]:
