@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from fedllm_proto.codec import Encoding
 from fedllm_proto.connection import Connection, ConnectionClosed
@@ -321,3 +322,30 @@ def test_tensors_still_held_are_never_overwritten() -> None:
     client, server = open_pair()
     kept = [_receive_model(client, server, float(i)) for i in range(4)]
     assert [float(m.tensors["w"][0]) for m in kept] == [0.0, 1.0, 2.0, 3.0]
+
+
+payload_tensors = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.sampled_from(["float32", "int64", "uint8", "float16"]).flatmap(
+        lambda d: hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=0, max_dims=3, max_side=9))
+    ),
+    max_size=5,
+)
+
+
+@FUZZ
+@given(
+    tensors=payload_tensors,
+    chunk=st.integers(min_value=1, max_value=700),
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+    version=st.integers(min_value=0, max_value=2**31),
+)
+def test_any_payload_under_any_chunking_round_trips(
+    tensors: dict, chunk: int, cuts: list[int], version: int
+) -> None:
+    client, server = open_pair(Limits(chunk_bytes=chunk))
+    stream = server.send(GlobalModel(version, tensors), 0.0)
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    (got,) = feed(client, [stream[a:b] for a, b in itertools.pairwise(bounds)])
+    assert isinstance(got, GlobalModel) and got.version == version
+    assert tensors_equal(got.tensors, tensors)
