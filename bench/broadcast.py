@@ -64,6 +64,8 @@ async def _client(
                 changed.set()
     except PeerClosed:
         return
+    finally:
+        changed.set()  # let the reporter notice that every client has finished
 
 
 async def _clients_main(n: int, port: int, pki: PkiPaths | None, pipe: Pipe) -> None:

@@ -40,6 +40,7 @@ class Published:
     trigger: str  # complete | deadline | dropouts | quorum | timeout
     time_to_quorum_s: float
     aggregation_s: float
+    published_time: float  # wall clock when it was queued to the clients
 
 
 async def drive(server: Server) -> None:
@@ -163,7 +164,7 @@ async def publish(
         dropped=fan.dropped,
         aggregation_s=round(aggregation_s, 4),
     )
-    server.reports.put_nowait(Published(agg, fan, trigger, to_quorum_s, aggregation_s))
+    server.reports.put_nowait(Published(agg, fan, trigger, to_quorum_s, aggregation_s, time.time()))
     stop_at = server.settings.stop_after_versions
     if stop_at is not None and agg.version >= stop_at:
         server.request_stop("stop_after_versions")
@@ -186,6 +187,7 @@ def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> 
     m = item.agg.result.metrics
     return {
         "version": item.agg.version,
+        "published_time": item.published_time,
         "strategy": m.strategy,
         "trigger": item.trigger,
         "clients": list(m.clients),
