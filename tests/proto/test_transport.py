@@ -35,12 +35,22 @@ from fedllm_proto.transport import Peer, PeerClosed, Server, connect, prepare, r
 SAFETY_S = 20.0
 
 
+LOOP = {"runner": run}
+
+
+@pytest.fixture(autouse=True, params=["uvloop", "asyncio"])
+def event_loop_kind(request: pytest.FixtureRequest) -> None:
+    """Every test runs on uvloop (production) and on the stock asyncio loop (what tests of
+    other packages may use)."""
+    LOOP["runner"] = run if request.param == "uvloop" else asyncio.run
+
+
 def runs(coro_fn: Callable[[], Awaitable[None]]) -> None:
     async def guarded() -> None:
         async with asyncio.timeout(SAFETY_S):
             await coro_fn()
 
-    run(guarded())
+    LOOP["runner"](guarded())
 
 
 async def echo_server(**kwargs: Any) -> tuple[Server, int, list[Message]]:
