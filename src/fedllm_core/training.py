@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class EncodedSplit:
 _CACHE_SIZE = 16  # tokenised splits kept in memory (LRU); live inference must not grow it
 _memory_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _tokenizer_keys: dict[int, tuple[Any, str]] = {}
+_cache_lock = threading.Lock()
 
 
 def _tokenizer_key(tokenizer: Any) -> str:
@@ -143,7 +145,8 @@ def _load_or_tokenize(
 ) -> tuple[np.ndarray, np.ndarray]:
     key = _texts_key(tokenizer, texts, max_length)
     path = cache_dir / f"tokens-{key[:32]}.npz" if cache_dir is not None else None
-    result = _memory_cache.get(key)
+    with _cache_lock:
+        result = _memory_cache.get(key)
     if result is None and path is not None and path.is_file():
         with np.load(path) as stored:
             result = (stored["input_ids"], stored["lengths"])
@@ -151,10 +154,11 @@ def _load_or_tokenize(
         result = _tokenize(tokenizer, texts, max_length)
     if path is not None and not path.is_file():
         _save_npz(path, *result)
-    _memory_cache[key] = result
-    _memory_cache.move_to_end(key)
-    if len(_memory_cache) > _CACHE_SIZE:
-        _memory_cache.popitem(last=False)
+    with _cache_lock:  # trainer and evaluation threads may encode at the same time
+        _memory_cache[key] = result
+        _memory_cache.move_to_end(key)
+        if len(_memory_cache) > _CACHE_SIZE:
+            _memory_cache.popitem(last=False)
     return result
 
 
