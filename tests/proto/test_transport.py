@@ -29,6 +29,7 @@ from fedllm_proto.messages import (
     Update,
     Welcome,
 )
+from fedllm_proto.peer import INBOX_MESSAGES
 from fedllm_proto.testing import example_tensors, hello, tensors_equal, update
 from fedllm_proto.transport import Peer, PeerClosed, Server, connect, prepare, run, serve
 
@@ -299,3 +300,31 @@ def hello_frame() -> bytes:
     from fedllm_proto.states import Role
 
     return Connection(Role.CLIENT).send(hello(), 0.0)
+
+
+def test_a_slow_application_pauses_reading_instead_of_buffering_everything() -> None:
+    big = update(tensors={"w": np.ones(250_000, np.float32)})  # 1 MB each
+    count = 30
+    seen: dict[str, Any] = {}
+
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send(Welcome(peer.protocol_version, "c", "gsfs", {}, 0, 5.0))
+        proto = peer._proto
+        while not proto.reading_paused:  # the app is "busy": nothing is received yet
+            await asyncio.sleep(0.01)
+        seen["queued"] = len(proto.inbox)
+        seen["received"] = [await peer.recv() for _ in range(count)]
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        peer = await greeted(server.sockets[0].getsockname()[1])
+        for _ in range(count):
+            await peer.send(big)
+        while "received" not in seen:
+            await asyncio.sleep(0.01)
+        await peer.close()
+        server.close()
+
+    runs(main)
+    assert seen["queued"] == INBOX_MESSAGES and len(seen["received"]) == count
