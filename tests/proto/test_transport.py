@@ -328,3 +328,24 @@ def test_a_slow_application_pauses_reading_instead_of_buffering_everything() -> 
 
     runs(main)
     assert seen["queued"] == INBOX_MESSAGES and len(seen["received"]) == count
+
+
+def test_revoked_client_is_refused_by_serve_and_others_still_join(pki: Any) -> None:
+    async def main() -> None:
+        server, port, _got = await echo_server(
+            ssl_context=pki.server_context(), revocation=pki.revocation()
+        )
+        tls_args = {"ssl_context": pki.client_context(pki.revoked_client)}
+        revoked = await connect("127.0.0.1", port, server_hostname="localhost", **tls_args)
+        with pytest.raises(PeerClosed):
+            await revoked.recv()
+        good = await greeted(
+            port, ssl_context=pki.client_context("client-1"), server_hostname="localhost"
+        )
+        await good.close()
+        server.close()
+
+    with capture_logs() as logs:
+        runs(main)
+    refused = [e for e in logs if e["event"] == "peer_refused"]
+    assert len(refused) == 1 and "revoked" in refused[0]["reason"]
