@@ -50,6 +50,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         self.bytes_received = 0
         self._scratch = memoryview(bytearray(65536))  # where bytes go once we stopped caring
         self._dead = False
+        self._writing = False  # a message is partly written (see fail)
         self._reading_paused = False
         self._wakeup: asyncio.Event = asyncio.Event()
         self._can_write: asyncio.Event = asyncio.Event()
@@ -148,8 +149,11 @@ class WireProtocol(asyncio.BufferedProtocol):
         """Log why, tell the peer with an Error frame, close, and surface the error."""
         log.warning(event, address=self.address, code=exc.code.name, reason=exc.detail)
         if self.transport is not None and not self._dead:
-            self.transport.write(self.conn.send_error(exc, _now()))
-            self._close_after_error(self.transport)
+            if self._writing:  # mid-frame: an Error frame now would corrupt the stream
+                self.transport.close()
+            else:
+                self.transport.write(self.conn.send_error(exc, _now()))
+                self._close_after_error(self.transport)
         self._dead = True
         self._push(TimeoutError(str(exc)) if exc.code is ErrorCode.IDLE_TIMEOUT else exc)
 
@@ -169,6 +173,14 @@ class WireProtocol(asyncio.BufferedProtocol):
         Big views go out in slices of ``WRITE_SLICE`` with a writability check after each,
         so the TLS layer encrypts (and buffers) at most about one slice ahead of the socket.
         """
+        assert self.transport is not None
+        self._writing = True
+        try:
+            return await self._write_all(buffers, stall_timeout_s)
+        finally:
+            self._writing = False
+
+    async def _write_all(self, buffers: list[Buffer], stall_timeout_s: float | None) -> int:
         assert self.transport is not None
         total = 0
         for buf in buffers:
