@@ -133,7 +133,7 @@ def test_fedavg_kill9_mid_round_keeps_accepted_updates(tmp_path: Path, pki: Any)
     assert sorted(agg["clients"]) == accepted == ["client-1", "client-2", "client-3"]
 
 
-def test_sigterm_drains_and_says_bye(tmp_path: Path, pki: Any) -> None:
+def test_sighup_reloads_then_sigterm_drains_and_says_bye(tmp_path: Path, pki: Any) -> None:
     config = _config(tmp_path, pki, {"name": "fedavg"})
     server = ServerProcess(config)
     fp = _fingerprint(tmp_path / "state") if server.port else ""
@@ -143,6 +143,8 @@ def test_sigterm_drains_and_says_bye(tmp_path: Path, pki: Any) -> None:
         await client.connect()
         task = asyncio.create_task(client.serve())
         await wait_until(lambda: client.version == 0)
+        server.proc.send_signal(signal.SIGHUP)  # reload the revocation list, keep serving
+        await asyncio.to_thread(server.wait_event, "revocation_reloaded", 30.0)
         server.proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(task, 30)
         return client

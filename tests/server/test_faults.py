@@ -9,6 +9,7 @@ clients received every version.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 from fedserver_testkit import Faults, ScriptedClient, tiny_settings_dict
 
+from fedllm_proto.errors import ProtocolError
 from fedllm_proto.messages import Reject, RejectCode, TriggerReason, Update
+from fedllm_proto.transport import PeerClosed
 from fedllm_server.daemon import Running, start
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import read_metrics
@@ -200,6 +203,20 @@ def test_client_killed_mid_upload_loses_nothing_else(tmp_path: Path, pki: Any) -
     _assert_run_completed(code, honest)
     updates = [r for r in read_metrics(settings.metrics_path) if r["kind"] == "update"]
     assert all(u["client_id"] in HONEST for u in updates)
+
+
+def test_revoked_client_is_refused(tmp_path: Path, pki: Any) -> None:
+    async def misbehave(running: Running) -> str:
+        revoked = _client(pki, running, pki.revoked_client, seed=9)
+        try:
+            await revoked.connect()
+        except (PeerClosed, ConnectionError, ssl.SSLError, ProtocolError) as exc:
+            return type(exc).__name__
+        return "admitted"
+
+    code, honest, outcome = asyncio.run(_with_honest(_settings(tmp_path, pki), pki, misbehave))
+    _assert_run_completed(code, honest)
+    assert outcome != "admitted"
 
 
 @pytest.fixture
