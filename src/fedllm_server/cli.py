@@ -8,10 +8,10 @@ Exit codes (fedllm_core.errors.ExitCode): 0 after a clean stop (SIGTERM or
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedllm_core.errors import FedllmError
 from fedllm_core.logging import configure_logging
@@ -55,12 +55,11 @@ def run(args: argparse.Namespace) -> int:
     return _run_loop(serve_forever(settings, central))
 
 
-def _run_loop(main: object) -> int:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional on platforms without it
-        return int(asyncio.run(main))  # type: ignore[arg-type]
-    return int(uvloop.run(main))  # type: ignore[arg-type]
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """asyncio on uvloop (the transport's `run` picks uvloop when it is installed)."""
+    from fedllm_proto.transport import run as run_on_uvloop
+
+    return int(run_on_uvloop(main))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

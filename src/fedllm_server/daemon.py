@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import ssl
 import time
@@ -219,9 +220,7 @@ class Server:
         )
 
 
-def _rng(seed: int, version: int) -> Any:
-    import random
-
+def _rng(seed: int, version: int) -> random.Random:
     return random.Random(seed * 1_000_003 + version)  # a restart does not replay old draws
 
 

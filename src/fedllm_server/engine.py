@@ -174,7 +174,7 @@ class Engine:
     def enroll(self, client_id: str) -> None:
         self.enrolled.add(client_id)
 
-    def pool_due(self, now: float) -> str | None:
+    def pool_due(self, now: float) -> gsfs_pool.AggregationReason | None:
         """GSFS: quorum | timeout when the pool should be aggregated now, else None."""
         return None if self.pool is None else self.pool.due(now, len(self.enrolled))
 
@@ -195,10 +195,10 @@ class Engine:
         self.next_round = next_round
         return self._commit(result, reason, 0.0, now)
 
-    def aggregate_pool(self, reason: str, now: float) -> Aggregated:
+    def aggregate_pool(self, reason: gsfs_pool.AggregationReason, now: float) -> Aggregated:
         """Take the GSFS pool and apply it (paper eq. 13-14); checkpoint; reset the log."""
         assert self.pool is not None and isinstance(self.strategy, GsfsServerSettings)
-        batch = self.pool.take(now, reason)  # type: ignore[arg-type]
+        batch = self.pool.take(now, reason)
         result = gsfs.aggregate(self.global_tensors, batch.updates, self.version, self.strategy)
         return self._commit(result, reason, batch.waited_s, now)
 
