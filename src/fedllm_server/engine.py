@@ -210,11 +210,11 @@ class Engine:
         bytes_in, self.round_bytes = self.round_bytes, 0
         self.acc = WeightedSum()
         started = time.perf_counter()
-        self._checkpoint(now)
+        self._checkpoint(now, result.metrics.to_dict())
         elapsed = time.perf_counter() - started
         return Aggregated(self.version, result, reason, waited, bytes_in, elapsed)
 
-    def _checkpoint(self, now: float) -> None:
+    def _checkpoint(self, now: float, metrics: dict[str, Any] | None = None) -> None:
         meta: dict[str, Any] = {
             "strategy": self.strategy.name,
             "next_round": self.next_round,
@@ -229,7 +229,7 @@ class Engine:
             pool_state = self.pool.to_dict(now)
             pool_state["entries"] = []  # pooled updates live in the log, not the checkpoint
             meta["pool"] = pool_state
-        self.store.save(Checkpoint(self.version, self.global_tensors, arrays, meta))
+        self.store.save(Checkpoint(self.version, self.global_tensors, arrays, meta, metrics or {}))
         self.log.reset(self.version)  # only now: the checkpoint is durable
 
     def close(self) -> None:

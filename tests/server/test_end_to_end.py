@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fedserver_testkit import ScriptedClient, tiny_settings_dict
 
+from fedllm_server.checkpoint import CheckpointStore
 from fedllm_server.daemon import Running, start
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import read_metrics
@@ -119,12 +120,12 @@ def test_fedopt_advances_and_checkpoints_moments(tmp_path: Path, pki: Any) -> No
         rounds={"min_clients": 3, "local_steps": 1, "deadline_s": 10.0},
     )
     code, clients, _ = _run(_federation(settings, pki))
-    manifests = sorted((settings.state_dir / "checkpoints").glob("checkpoint-*.json"))
-    assert (code, clients[0].versions, manifests[-1].name) == (
-        0,
-        [0, 1, 2],
-        "checkpoint-00000002.json",
-    )
+    latest = CheckpointStore(settings.state_dir / "checkpoints").load_latest().checkpoint
+    assert latest is not None
+    assert (code, clients[0].versions, latest.version) == (0, [0, 1, 2], 2)
+    assert latest.metrics["strategy"] == "fedopt-yogi"
+    assert latest.strategy_meta["fedopt_step"] == 2
+    assert {k.split("/")[0] for k in latest.strategy_arrays} == {"m", "u"}
 
 
 def test_gsfs_aggregates_at_quorum_and_broadcasts_to_all(tmp_path: Path, pki: Any) -> None:
