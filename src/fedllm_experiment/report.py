@@ -114,7 +114,9 @@ def render_report(doc: Mapping[str, Any], *, title: str = "fedllm experiment") -
     if fed:
         parts += ["## Table III layout: accuracy and F1 (ours, paper)", ""]
         parts += [*_table3(fed), "", _F1_NOTE, ""]
-    parts += ["## Table IV layout: latency and throughput", "", *_table4(runs), "", _LAT_NOTE, ""]
+    note = f"{_LAT_NOTE} {_SAME_MODEL_NOTE}" if fed else _LAT_NOTE
+    parts += ["## Table IV layout: latency and throughput", "", *_table4(fed or runs), "", note]
+    parts += [""]
     if fed:
         parts += ["## What the paper does not report", "", *_table_extra(fed), "", _ENERGY_NOTE]
         parts += ["", "## Reading", "", *reading(runs), ""]
@@ -147,7 +149,12 @@ _LAT_NOTE = (
     "Ours: milliseconds per flow for the final global model (tokenisation included, warm-up "
     "excluded); flows/min from the batched pass. The paper's latency is in seconds and its "
     "throughput in requests per minute for a different unit of work (not stated precisely), so "
-    "only the ordering between strategies is comparable, not the magnitudes."
+    "its magnitudes are not comparable with ours."
+)
+_SAME_MODEL_NOTE = (
+    "Every strategy's final model has the same architecture and adapter size, so differences "
+    "between our rows are measurement noise (e.g. other load on the machine), not an effect of "
+    "the strategy."
 )
 _ENERGY_NOTE = (
     "Energy: joules where an NVIDIA energy counter exists; otherwise the CPU seconds of the "
