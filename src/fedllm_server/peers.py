@@ -171,6 +171,9 @@ async def _recv_or_closed(session: ClientSession) -> object | None:
 
 async def _on_update(server: Server, session: ClientSession, update: Update) -> None:
     cid, now = session.client_id, time.monotonic()
+    if server.stopping.is_set():  # after STOPPING nothing new is accepted (or Acked)
+        await _rejected(server, session, update, RejectCode.UNEXPECTED, "server is stopping")
+        return
     rounds = server.rounds
     if rounds is not None and not rounds.expects(cid, update.round):
         await _rejected(
