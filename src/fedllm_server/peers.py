@@ -99,12 +99,13 @@ async def _admit(server: Server, peer: Peer, hello: Hello, client_id: str) -> Cl
     old = server.sessions.pop(client_id, None)
     if old is not None:
         log.info("client_replaced", client_id=client_id, old_address=old.peer.address)
+        server.client_left(old)  # the new connection re-joins below (or never, if it fails)
         await old.close("replaced by a new connection")
     session = ClientSession(
         peer, client_id, hello.model_fingerprint, hello.sample_count, server.settings.send_queue
     )
+    await peer.send(_welcome(server, peer, client_id))  # registered only once this worked
     server.sessions[client_id] = session
-    await peer.send(_welcome(server, peer, client_id))
     session.start()
     assert server.prepared is not None  # encoded during start-up, before listening
     session.offer(server.prepared)  # the current global model: a reconnect resynchronises
