@@ -131,10 +131,10 @@ class Server:
 
     def request_stop(self, reason: str) -> None:
         if not self.stopping.is_set():
-            log.info("server_stopping", reason=reason, model_version=self.engine.version)
             self.stop_reason = reason
-            self.stopping.set()
+            self.stopping.set()  # before logging: a broken log pipe must not block the stop
             self.wake.set()
+            log.info("server_stopping", reason=reason, model_version=self.engine.version)
 
     # ------------------------------------------------------------------ start-up
 

@@ -15,7 +15,7 @@ import contextlib
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -251,10 +251,14 @@ def _toml_value(value: Any) -> str:
 class ServerProcess:
     """`python -m fedllm_server.cli --config ...` as a real child process; JSON logs parsed."""
 
+    started: ClassVar[list[ServerProcess]] = []  # conftest kills leftovers after each test
+
     def __init__(self, config: Path) -> None:
         import subprocess
         import sys
         import threading
+
+        ServerProcess.started.append(self)
 
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
