@@ -136,3 +136,52 @@ def test_gsfs_aggregates_at_quorum_and_broadcasts_to_all(tmp_path: Path, pki: An
     assert code == 0
     assert [c.versions[-1] for c in clients] == [3, 3, 3]
     assert all(a["trigger"] == "quorum" and len(a["clients"]) >= 2 for a in aggs)
+
+
+async def _lopsided(settings: ServerSettings, pki: Any, quiet: str) -> list[ScriptedClient]:
+    """All three clients connect; `quiet` never answers or uploads; the others do once each."""
+    running = await start(settings, CentralModel(settings), install_signals=False)
+    clients = [
+        ScriptedClient(
+            name,
+            "127.0.0.1",
+            running.port,
+            pki.client_context(name),
+            running.server.fingerprint,
+            seed=i,
+        )
+        for i, name in enumerate(CLIENTS)
+    ]
+    for client in clients:
+        await client.connect()
+    tasks = [asyncio.create_task(c.serve(answer_rounds=c.name != quiet)) for c in clients]
+    if settings.strategy.name == "gsfs":
+        await asyncio.sleep(0.2)  # let the initial global model arrive
+        await clients[0].upload()
+    assert await asyncio.wait_for(running.wait(), 60) == 0
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    return clients
+
+
+def test_round_deadline_leaves_straggler_out(tmp_path: Path, pki: Any) -> None:
+    rounds = {"min_clients": 3, "local_steps": 1, "deadline_s": 1.0}
+    settings = _settings(tmp_path, pki, {"name": "fedavg"}, stop_after_versions=1, rounds=rounds)
+    asyncio.run(_lopsided(settings, pki, quiet="client-3"))
+    records = read_metrics(settings.metrics_path)
+    closed = next(r for r in records if r["kind"] == "round")
+    agg = next(r for r in records if r["kind"] == "aggregation")
+    assert (closed["reason"], closed["stragglers"], agg["trigger"]) == (
+        "deadline",
+        ["client-3"],
+        "deadline",
+    )
+    assert sorted(agg["clients"]) == ["client-1", "client-2"]
+
+
+def test_gsfs_times_out_without_quorum(tmp_path: Path, pki: Any) -> None:
+    strategy = {"name": "gsfs", "quorum_fraction": 1.0, "max_wait_s": 0.5}
+    settings = _settings(tmp_path, pki, strategy, stop_after_versions=1)
+    clients = asyncio.run(_lopsided(settings, pki, quiet="client-3"))
+    agg = next(r for r in read_metrics(settings.metrics_path) if r["kind"] == "aggregation")
+    assert (agg["trigger"], agg["clients"]) == ("timeout", ["client-1"])
+    assert [c.versions[-1] for c in clients] == [1, 1, 1]
