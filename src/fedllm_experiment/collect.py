@@ -13,13 +13,21 @@ Sources, each used for what it measures first-hand:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedllm_core.data import DataSettings, load_eval_data
 from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import Deployment, shared_sections
-from fedllm_experiment.latency import measure_latency
+from fedllm_experiment.latency import (
+    DEFAULT_BATCH,
+    DEFAULT_WARMUP,
+    LatencySample,
+    measure_latency,
+    sample_latency,
+    summarize,
+)
 from fedllm_experiment.progress import read_json_lines
 from fedllm_experiment.results import average_metrics, metric_block, run_record
 
@@ -119,19 +127,54 @@ def _timing_model(model: ModelSettings, data: DataSettings) -> tuple[ModelBundle
     return _timing_models[key]
 
 
-def final_latency(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any]:
-    from fedllm_server.checkpoint import CheckpointStore
-
+def _timing_setup(exp: ExperimentSettings) -> tuple[ModelBundle, list[str]]:
     sections = shared_sections(exp)
     model = ModelSettings.model_validate({**sections["model"], **exp.shared.get("model", {})})
     data = DataSettings.model_validate({**sections["data"], **exp.shared.get("data", {})})
-    loaded = CheckpointStore(dep.server_state / "checkpoints").load_latest().checkpoint
+    return _timing_model(model, data)
+
+
+def _final_checkpoint(server_state: Path) -> Any:
+    from fedllm_server.checkpoint import CheckpointStore
+
+    return CheckpointStore(server_state / "checkpoints").load_latest().checkpoint
+
+
+def final_latency(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any]:
+    """This strategy's final global model timed right after its run (see ``interleaved``)."""
+    loaded = _final_checkpoint(dep.server_state)
     if loaded is None:
         return {}
-    bundle, texts = _timing_model(model, data)
+    bundle, texts = _timing_setup(exp)
     load_trainable_state(bundle.model, loaded.global_state)
     measured = measure_latency(bundle, texts, requests=exp.latency_requests)
-    return {**measured, "model_version": loaded.version}
+    return {**measured, "model_version": loaded.version, "method": "after_run"}
+
+
+def remeasure_interleaved(
+    exp: ExperimentSettings, finished: Sequence[tuple[dict[str, Any], Path]], passes: int = 4
+) -> None:
+    """Time every strategy's final model again in alternating passes and update the runs.
+
+    Timed one after the other, each strategy meets whatever else the machine was doing at the
+    time; interleaving spreads that load over all of them, so the rows compare like with like.
+    """
+    loaded = [(run, _final_checkpoint(state)) for run, state in finished]
+    loaded = [(run, ckpt) for run, ckpt in loaded if ckpt is not None]
+    bundle, texts = _timing_setup(exp)
+    samples = {id(run): LatencySample() for run, _ in loaded}
+    per_pass = max(1, exp.latency_requests // passes)
+    for _ in range(passes):
+        for run, ckpt in loaded:
+            load_trainable_state(bundle.model, ckpt.global_state)
+            sample_latency(bundle, texts, requests=per_pass, into=samples[id(run)])
+    for run, ckpt in loaded:
+        figures = summarize(
+            samples[id(run)], bundle, warmup=DEFAULT_WARMUP, batch_size=DEFAULT_BATCH
+        )
+        run["latency"] = {**figures, "model_version": ckpt.version, "method": "interleaved"}
+        run["latency_ms_per_flow"] = figures["batch1_median_ms"]
+        run["flows_per_min"] = figures["flows_per_min"]
 
 
 def collect_run(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedllm_core.certs import PkiPaths, make_federation_pki
-from fedllm_experiment.collect import IncompleteRun, collect_run
+from fedllm_experiment.collect import IncompleteRun, collect_run, remeasure_interleaved
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import SERVER_NAME, Deployment, client_names, prepare_deployment
 from fedllm_experiment.processes import DaemonCrashed, tail_lines
@@ -35,6 +35,7 @@ class RunTimeout(RuntimeError):
 class Outcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    server_states: list[Path] = field(default_factory=list)  # per run: its final checkpoint
 
 
 def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) -> None:
@@ -60,8 +61,8 @@ def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) 
 
 def run_strategy(
     exp: ExperimentSettings, strategy: str, pki: PkiPaths, run_dir: Path, out: TextIO
-) -> dict[str, Any]:
-    """Deploy, run and tear down one strategy; returns its results.json run record."""
+) -> tuple[dict[str, Any], Path]:
+    """Deploy, run and tear down one strategy: its run record and the server's state dir."""
     dep = prepare_deployment(exp, strategy, pki, run_dir)
     progress = Progress(strategy, exp.rounds, exp.clients, out=out)
     start = time.monotonic()
@@ -74,7 +75,7 @@ def run_strategy(
         dep.fleet.wait_clients(CLIENT_DRAIN_S)
     finally:
         dep.fleet.stop_all(grace_s=10.0)
-    return collect_run(exp, strategy, dep, wall_s=server_done - start)
+    return collect_run(exp, strategy, dep, wall_s=server_done - start), dep.server_state
 
 
 def run_experiment(
@@ -91,10 +92,17 @@ def run_experiment(
     for strategy in exp.strategies:
         print(f"[{strategy}] starting server + {exp.clients} clients (mTLS, 127.0.0.1)", file=out)
         try:
-            outcome.runs.append(run_strategy(exp, strategy, pki, out_dir / strategy, out))
+            run, state = run_strategy(exp, strategy, pki, out_dir / strategy, out)
+            outcome.runs.append(run)
+            outcome.server_states.append(state)
         except (DaemonCrashed, RunTimeout, IncompleteRun) as exc:
             print(f"[{strategy}] FAILED: {exc}", file=out, flush=True)
             outcome.failures.append(_failure(strategy, exc))
+        if on_run is not None:
+            on_run(outcome)
+    if len(outcome.runs) > 1:
+        print("timing the final models again, interleaved ...", file=out, flush=True)
+        remeasure_interleaved(exp, list(zip(outcome.runs, outcome.server_states, strict=True)))
         if on_run is not None:
             on_run(outcome)
     return outcome

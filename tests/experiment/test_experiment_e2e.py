@@ -116,3 +116,10 @@ def test_fedavg_on_cpu_gives_the_same_metrics_again(three_strategies: Path, tmp_
         return [(h["central"], h["loss"]) for h in run["history"]]
 
     assert trace(second) == trace(first)
+
+
+def test_final_models_are_timed_again_interleaved(three_strategies: Path) -> None:
+    doc = json.loads((three_strategies / "results.json").read_text())
+    methods = {r["latency"]["method"] for r in doc["runs"]}
+    assert methods == {"interleaved"}
+    assert all(r["latency_ms_per_flow"] == r["latency"]["batch1_median_ms"] for r in doc["runs"])
