@@ -65,7 +65,8 @@ def _headline(g: Run, a: Run) -> str:
             _standard_error(g["central"]["accuracy"], n),
             _standard_error(a["central"]["accuracy"], n),
         )
-        line += f"; two standard errors of the central difference: {2 * se:.4f}"
+        within = "larger than" if abs(central) > 2 * se else "within"
+        line += f"; two standard errors of the central difference: {2 * se:.4f} ({within} noise)"
     return line + "."
 
 
