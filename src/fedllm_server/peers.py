@@ -173,7 +173,11 @@ async def _recv_or_closed(session: ClientSession) -> object | None:
 async def _on_update(server: Server, session: ClientSession, update: Update) -> None:
     cid, now = session.client_id, time.monotonic()
     if server.stopping.is_set():  # after STOPPING nothing new is accepted (or Acked)
-        await _rejected(server, session, update, RejectCode.UNEXPECTED, "server is stopping")
+        # The server's own state, not the client's fault: a busy GSFS client may upload many
+        # times while the drain finishes, and must get its Bye, not a misbehaviour Error.
+        await _rejected(
+            server, session, update, RejectCode.UNEXPECTED, "server is stopping", blame=False
+        )
         return
     rounds = server.rounds
     if rounds is not None and not rounds.expects(cid, update.round):
@@ -220,12 +224,20 @@ def _accepted(server: Server, session: ClientSession, update: Update) -> None:
 
 
 async def _rejected(
-    server: Server, session: ClientSession, update: Update, code: RejectCode, detail: str
+    server: Server,
+    session: ClientSession,
+    update: Update,
+    code: RejectCode,
+    detail: str,
+    *,
+    blame: bool = True,
 ) -> None:
+    """Reject ``update``; with ``blame`` it counts toward disconnecting a misbehaving client."""
     nbytes = sum(int(t.nbytes) for t in update.tensors.values())
     stats = session.stats
     stats.rejected += 1
-    stats.consecutive_rejects += 1
+    if blame:
+        stats.consecutive_rejects += 1
     log.warning(
         "update_rejected",
         client_id=session.client_id,
