@@ -48,7 +48,8 @@ async def drive(server: Server) -> None:
     while not server.stopping.is_set():
         now = time.monotonic()
         if server.rounds is not None:
-            await _step_rounds(server, now)
+            if await _step_rounds(server, now):
+                continue  # closing a round may make the next one startable now: don't sleep
             deadline = server.rounds.next_deadline()
         else:
             await _step_pool(server, now)
@@ -65,13 +66,17 @@ async def _sleep(server: Server, deadline: float | None) -> None:
         await asyncio.wait_for(server.wake.wait(), timeout)
 
 
-async def _step_rounds(server: Server, now: float) -> None:
+async def _step_rounds(server: Server, now: float) -> bool:
+    """Carry out what the round state machine asks for; True if it closed a round."""
     assert server.rounds is not None
+    closed = False
     for action in server.rounds.poll(now):
         if isinstance(action, StartRound):
             start_round(server, action)
         elif isinstance(action, CloseRound):
             await _close_round(server, action)
+            closed = True
+    return closed
 
 
 def start_round(server: Server, action: StartRound) -> None:
