@@ -17,8 +17,14 @@ def notify(state: str) -> bool:
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+        # Non-blocking: the daemons call this from the event loop, and a notify socket nobody
+        # drains (a full queue) must cost a lost notification, never a stalled loop.
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+            sock.send(state.encode())
+        except OSError:
+            return False
     return True
 
 

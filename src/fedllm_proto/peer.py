@@ -254,6 +254,8 @@ class Peer:
 
     async def _write(self, buffers: list[Buffer]) -> None:
         self.bytes_sent += await self._proto.write(buffers, self._idle_timeout_s)
+        # A send can change the state (and so whether and when a heartbeat is due): re-arm.
+        self._proto.timer_kick.set()
 
     async def recv(self) -> Message:
         """The next message; raises PeerClosed, ProtocolError or TimeoutError (idle)."""
