@@ -23,11 +23,11 @@ import numpy as np
 import structlog
 import torch
 
-from fedllm_client.metrics_log import plain_json
 from fedllm_client.settings import ClientSettings
 from fedllm_client.state import MANIFEST, StateError, StateStore
 from fedllm_core.data import ZeekStream, prepare_data, read_flow_file, template_for
 from fedllm_core.errors import DataError
+from fedllm_core.jsonlines import plain_json
 from fedllm_core.model import build_model, load_trainable_state
 from fedllm_core.training import encode_split, predict_logits
 

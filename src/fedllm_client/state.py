@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fedllm_core.errors import FedllmError
+from fedllm_core.files import atomic_write
 
 TensorDict = dict[str, np.ndarray]
 MANIFEST = "state.json"
@@ -58,29 +57,6 @@ class ClientState:
     base: TensorDict | None = None  # θ^{base_version}
     trained: TensorDict | None = None  # last locally trained θ_i (final_eval evaluates it)
     optimizer: TensorDict | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _encode_blob(value: TensorDict) -> bytes:

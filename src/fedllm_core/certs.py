@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedllm_core.errors import CertificateError
+from fedllm_core.files import atomic_write
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -129,21 +129,6 @@ def _ip(value: str | IPAddress) -> IPAddress:
 # ---------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file created with ``mode``, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
@@ -160,8 +145,8 @@ def _write_pair(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),  # daemons start unattended; the 0600 mode protects it
     )
-    _write_atomic(key_path, pem_key, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(key_path, pem_key, 0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -367,7 +352,7 @@ def write_revocations(path: Path, entries: Iterable[Revoked]) -> None:
             {"serial": f"{e.serial:x}", "name": e.name, "revoked_at": e.revoked_at} for e in entries
         ],
     }
-    _write_atomic(Path(path), (json.dumps(doc, indent=2) + "\n").encode(), 0o644)
+    atomic_write(Path(path), (json.dumps(doc, indent=2) + "\n").encode(), 0o644)
 
 
 def revoke(directory: Path, name: str) -> tuple[Revoked, bool]:

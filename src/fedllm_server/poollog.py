@@ -26,7 +26,7 @@ import ml_dtypes  # noqa: F401  registers bfloat16 so np.dtype("bfloat16") resol
 import msgpack
 import numpy as np
 
-from fedllm_server.checkpoint import atomic_write
+from fedllm_core.files import atomic_write
 
 TensorDict = dict[str, np.ndarray]
 
