@@ -1,10 +1,17 @@
 """Running weighted sum of deltas: the one place aggregation touches every tensor element.
 
-Rules: memory is O(model), never O(clients × model): per tensor one float32 running sum
-Σ w_i·Δ_i, one small scratch block, and a float64 weight total per tensor. Each update is folded
+Rules: memory is O(model), never O(clients × model): per tensor one float64 running sum
+Σ w_i·Δ_i, one small scratch block, and the weights folded into it. Each update is folded
 in place, block by block (`np.multiply(out=)`, `np.add(out=)`), and may be dropped by the caller
 right after. Weight totals are per tensor so partial updates average each tensor over exactly the
 clients that sent it. The caller's arrays are never written.
+
+Why float64 sums: updates arrive in whatever order the network delivers them, and float32
+addition is not associative, so a float32 running sum made the same round give different models
+run to run (measured: FedAvg on MiniLM diverged from version 5 on). Summed in float64 and
+rounded once to float32 at the end, the result no longer depends on arrival order (barring a
+float64 sum that falls exactly on a float32 rounding boundary); weight totals use `math.fsum`,
+which is exactly rounded and so order-free.
 """
 
 from __future__ import annotations
@@ -16,13 +23,13 @@ import numpy as np
 
 from fedllm_server.strategies.base import Array, TensorDict
 
-# Elements per block: 512 KiB of float32 keeps the scratch block in L2, so a fold moves about
-# as many bytes as a memcpy (read Δ, read+write the sum) instead of five whole-tensor passes.
+# Elements per block: 1 MiB of float64 keeps the scratch block in L2, so a fold streams Δ and the
+# sum once instead of making five whole-tensor passes.
 BLOCK = 1 << 17
 
 
 def _axpy(
-    acc: Array, delta: Array, w: np.float32, scratch: Array, overwrite: bool, want_norm: bool
+    acc: Array, delta: Array, w: np.float64, scratch: Array, overwrite: bool, want_norm: bool
 ) -> float:
     """acc (=|+=) w·delta over flat views, block by block; Σ delta² in the same pass if asked."""
     squares = 0.0
@@ -44,10 +51,9 @@ class WeightedSum:
     """Σ_i w_i·Δ_i and Σ_i w_i per tensor; fold with `add`, read once with `take_mean`."""
 
     def __init__(self) -> None:
-        self._sums: TensorDict = {}  # name -> (shape of tensor) float32
-        self._totals: dict[str, float] = {}  # name -> Σ w_i over clients that sent it
-        self._counts: dict[str, int] = {}  # name -> how many clients sent it
-        self._scratch: Array = np.empty(BLOCK, dtype=np.float32)  # (BLOCK,) stays in cache
+        self._sums: TensorDict = {}  # name -> (shape of tensor) float64
+        self._weights: dict[str, list[float]] = {}  # name -> w_i of the clients that sent it
+        self._scratch: Array = np.empty(BLOCK, dtype=np.float64)  # (BLOCK,) stays in cache
         self.clients: list[str] = []
         self.raw_weights: dict[str, float] = {}
         self.norms: dict[str, float] = {}
@@ -83,8 +89,8 @@ class WeightedSum:
         """acc += w·Δ block by block; returns Σ Δ² when asked (0.0 otherwise)."""
         acc = self._sums.get(name)
         if acc is None:
-            acc = self._sums[name] = np.empty(delta.shape, dtype=np.float32)
-            self._totals[name], self._counts[name], first = 0.0, 0, True
+            acc = self._sums[name] = np.empty(delta.shape, dtype=np.float64)
+            self._weights[name], first = [], True
         elif acc.shape != delta.shape:
             raise ValueError(f"tensor {name!r}: shape {delta.shape} != {acc.shape}")
         else:
@@ -92,30 +98,31 @@ class WeightedSum:
         squares = _axpy(
             acc.reshape(-1),
             np.ascontiguousarray(delta).reshape(-1),
-            np.float32(weight),
+            np.float64(weight),
             self._scratch,
             overwrite=first,
             want_norm=want_norm,
         )
-        self._totals[name] += weight
-        self._counts[name] += 1
+        self._weights[name].append(weight)
         return squares
 
     @property
     def tensor_clients(self) -> dict[str, int]:
-        return dict(self._counts)
+        return {name: len(weights) for name, weights in self._weights.items()}
 
     def take_mean(self, scale: float = 1.0) -> TensorDict:
-        """scale · Σ w_i Δ_i / Σ w_i per tensor, computed in place; the sum is consumed.
+        """scale · Σ w_i Δ_i / Σ w_i per tensor as float32 (one rounding); the sum is consumed.
 
-        After this call the accumulator is empty (its buffers became the result), which is
-        what keeps the whole aggregation at one model's worth of sums.
+        After this call the accumulator is empty, which keeps the whole aggregation at one
+        model's worth of sums.
         """
         out: TensorDict = {}
-        for name, acc in self._sums.items():
-            np.multiply(acc, np.float32(scale / self._totals[name]), out=acc)
-            out[name] = acc
-        self._sums = {}
+        for name in list(self._sums):
+            acc = self._sums.pop(name)  # (shape,) float64, freed as soon as it is rounded
+            factor = np.float64(scale / math.fsum(self._weights[name]))
+            out[name] = np.multiply(
+                acc, factor, out=np.empty(acc.shape, np.float32), casting="same_kind"
+            )
         return out
 
     def normalised_weights(self) -> dict[str, float]:
