@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from fedllm_core.errors import FedllmError
 from fedllm_core.files import atomic_write
+from fedllm_core.tensorfile import write_safetensors
 
 TensorDict = dict[str, np.ndarray]
 MANIFEST = "state.json"
@@ -57,11 +57,6 @@ class ClientState:
     base: TensorDict | None = None  # θ^{base_version}
     trained: TensorDict | None = None  # last locally trained θ_i (final_eval evaluates it)
     optimizer: TensorDict | None = None
-
-
-def _encode_blob(value: TensorDict) -> bytes:
-    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
-    return st_save({k: np.require(v, requirements="C") for k, v in value.items()})
 
 
 class StateStore:
@@ -134,10 +129,8 @@ class StateStore:
         self._remove_unlisted(files)
 
     def _write_blob(self, kind: str, value: TensorDict, generation: int) -> dict[str, str]:
-        data = _encode_blob(value)
         name = f"{kind}.{generation}.safetensors"
-        atomic_write(self.directory / name, data)
-        return {"name": name, "sha256": hashlib.sha256(data).hexdigest()}
+        return {"name": name, "sha256": write_safetensors(self.directory / name, value)}
 
     def _remove_unlisted(self, files: Mapping[str, Mapping[str, str]]) -> None:
         keep = {entry["name"] for entry in files.values()} | {MANIFEST}

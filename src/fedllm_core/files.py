@@ -9,6 +9,7 @@ fsync the directory so the rename itself survives a power cut.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -23,12 +24,19 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably; the file gets ``mode``."""
+    atomic_write_parts(path, [data], mode)
+
+
+def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview], mode: int = 0o644) -> None:
+    """As `atomic_write`, with the content given as pieces written in order (never joined,
+    so large buffers are written from where they lie)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # a leftover from a crash would keep its old mode
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

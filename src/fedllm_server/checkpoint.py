@@ -26,6 +26,7 @@ import numpy as np
 import safetensors.numpy
 
 from fedllm_core.files import atomic_write
+from fedllm_core.tensorfile import write_safetensors
 
 TensorDict = dict[str, np.ndarray]
 
@@ -58,11 +59,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tensor_bytes(tensors: TensorDict) -> bytes:
-    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    return bytes(safetensors.numpy.save(contiguous))
-
-
 def _manifest_checksum(body: dict[str, Any]) -> str:
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -87,15 +83,11 @@ class CheckpointStore:
     def save(self, ckpt: Checkpoint) -> Path:
         """Durably write one generation, then prune all but the newest ``keep``."""
         global_path, strategy_path, manifest_path = self._paths(ckpt.version)
-        global_bytes = _tensor_bytes(ckpt.global_state)
-        strategy_bytes = _tensor_bytes(ckpt.strategy_arrays)
-        atomic_write(global_path, global_bytes)
-        atomic_write(strategy_path, strategy_bytes)
         body = {
             "format": 1,
             "version": ckpt.version,
-            "global_sha256": _sha256(global_bytes),
-            "strategy_sha256": _sha256(strategy_bytes),
+            "global_sha256": write_safetensors(global_path, ckpt.global_state),
+            "strategy_sha256": write_safetensors(strategy_path, ckpt.strategy_arrays),
             "strategy_meta": ckpt.strategy_meta,
             "metrics": ckpt.metrics,
         }
