@@ -27,6 +27,7 @@ import msgpack
 import numpy as np
 
 from fedllm_core.files import atomic_write
+from fedllm_core.tensorfile import raw_view
 
 TensorDict = dict[str, np.ndarray]
 
@@ -58,7 +59,9 @@ class Replay:
     torn_bytes: int  # bytes dropped from a torn tail
 
 
-def encode_record(rec: LoggedUpdate) -> bytes:
+def record_parts(rec: LoggedUpdate) -> list[bytes | memoryview]:
+    """A record's payload as pieces: u32 header length, msgpack header, then each tensor's
+    own bytes (views, not copies: a 100 MB update is written from where it lies)."""
     specs = [[k, str(v.dtype), list(v.shape)] for k, v in rec.tensors.items()]
     header = {
         "client_id": rec.client_id,
@@ -72,12 +75,10 @@ def encode_record(rec: LoggedUpdate) -> bytes:
         "tensors": specs,
     }
     head = msgpack.packb(header)
-    parts = [struct.pack("<I", len(head)), head]
-    parts += [np.ascontiguousarray(v).tobytes() for v in rec.tensors.values()]
-    return b"".join(parts)
+    return [struct.pack("<I", len(head)), head, *(raw_view(v) for v in rec.tensors.values())]
 
 
-def decode_record(payload: bytes) -> LoggedUpdate:
+def decode_record(payload: bytes | memoryview) -> LoggedUpdate:
     (head_len,) = struct.unpack_from("<I", payload)
     header: dict[str, Any] = msgpack.unpackb(payload[4 : 4 + head_len])
     offset = 4 + head_len
@@ -92,8 +93,11 @@ def decode_record(payload: bytes) -> LoggedUpdate:
     return LoggedUpdate(tensors=tensors, **fields)
 
 
-def _frame(payload: bytes) -> bytes:
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+def _frame_header(parts: list[bytes | memoryview]) -> bytes:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return _FRAME.pack(sum(len(part) for part in parts), crc)
 
 
 def read_log(path: Path) -> Replay:
@@ -111,7 +115,7 @@ def read_log(path: Path) -> Replay:
     while offset + _FRAME.size <= len(data):
         length, crc = _FRAME.unpack_from(data, offset)
         start = offset + _FRAME.size
-        payload = data[start : start + length]
+        payload = memoryview(data)[start : start + length]
         if len(payload) != length or zlib.crc32(payload) != crc:
             break
         records.append(decode_record(payload))
@@ -143,11 +147,13 @@ class PoolLog:
         """Durably append one record; return its size in bytes."""
         if self._fh is None:
             raise RuntimeError("pool log is not open")
-        frame = _frame(encode_record(rec))
-        self._fh.write(frame)
+        parts = record_parts(rec)
+        head = _frame_header(parts)
+        for piece in (head, *parts):
+            self._fh.write(piece)
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        return len(frame)
+        return len(head) + sum(len(part) for part in parts)
 
     def reset(self, version: int) -> None:
         """Atomically start an empty log for ``version`` (after its checkpoint is durable)."""
