@@ -173,6 +173,7 @@ class Session:
                 raise
             self._count_down()
             self._dispatch(msg)
+            del msg  # while waiting, hold nothing: the reader reuses a body buffer once unused
 
     def _count_down(self) -> None:
         # the one counter the loop thread bumps (a plain int add; persisted by the worker)

@@ -147,11 +147,14 @@ async def _read_loop(server: Server, session: ClientSession) -> None:
                 reason=getattr(msg, "reason", session.close_reason),
             )
             return
-        if isinstance(msg, Update):
-            await _on_update(server, session, msg)
-        else:
+        if not isinstance(msg, Update):
             await _refuse(session.peer, Error(ErrorCode.UNEXPECTED_MESSAGE, type(msg).__name__))
             return
+        await _on_update(server, session, msg)
+        # Drop the update before waiting for the next one: the reader hands a body buffer out
+        # again only once nothing points into it, and a held 100 MB update would make it
+        # allocate (and first-touch) a second buffer per client.
+        del msg
 
 
 async def _recv_or_closed(session: ClientSession) -> object | None:
