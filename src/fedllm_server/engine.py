@@ -80,7 +80,9 @@ class Engine:
         self.global_tensors: TensorDict = {}
         self.next_round = 0
         self.fedopt_state = FedOptState()
-        self.acc = WeightedSum()
+        # sync rounds fold into this; GSFS aggregates in it. One instance for the daemon's life,
+        # so every aggregation reuses the same (already touched) float64 sums.
+        self.acc = WeightedSum(keep_buffers=True)
         self.round_bytes = 0
         self.pool = (
             gsfs_pool.GsfsPool(strategy, now) if isinstance(strategy, GsfsServerSettings) else None
@@ -185,13 +187,16 @@ class Engine:
         """Apply the running sum of the closed round; checkpoint; reset the log."""
         new_version = self.version + 1
         result: StrategyResult[Any]
-        if isinstance(self.strategy, FedOptSettings):
-            result = fedopt.finish(
-                self.global_tensors, self.acc, self.fedopt_state, self.strategy, new_version
-            )
-            self.fedopt_state = result.state
-        else:
-            result = fedavg.finish(self.global_tensors, self.acc, new_version)
+        try:
+            if isinstance(self.strategy, FedOptSettings):
+                result = fedopt.finish(
+                    self.global_tensors, self.acc, self.fedopt_state, self.strategy, new_version
+                )
+                self.fedopt_state = result.state
+            else:
+                result = fedavg.finish(self.global_tensors, self.acc, new_version)
+        finally:
+            self.acc.reset()  # aggregated or empty: the next round starts from no sums
         self.next_round = next_round
         return self._commit(result, reason, 0.0, now)
 
@@ -199,7 +204,12 @@ class Engine:
         """Take the GSFS pool and apply it (paper eq. 13-14); checkpoint; reset the log."""
         assert self.pool is not None and isinstance(self.strategy, GsfsServerSettings)
         batch = self.pool.take(now, reason)
-        result = gsfs.aggregate(self.global_tensors, batch.updates, self.version, self.strategy)
+        try:
+            result = gsfs.aggregate(
+                self.global_tensors, batch.updates, self.version, self.strategy, self.acc
+            )
+        finally:
+            self.acc.reset()
         return self._commit(result, reason, batch.waited_s, now)
 
     def _commit(
@@ -208,7 +218,6 @@ class Engine:
         self.global_tensors = result.global_tensors
         self.version = result.metrics.version
         bytes_in, self.round_bytes = self.round_bytes, 0
-        self.acc = WeightedSum()
         started = time.perf_counter()
         self._checkpoint(now, result.metrics.to_dict())
         elapsed = time.perf_counter() - started

@@ -52,9 +52,16 @@ def aggregate(
     updates: Iterable[ClientUpdate],
     current_version: int,
     settings: GsfsServerSettings,
+    acc: WeightedSum | None = None,
 ) -> StrategyResult[None]:
-    """One GSFS aggregation of the pooled updates into version current_version + 1."""
-    acc, excluded, worst = WeightedSum(), {}, 0
+    """One GSFS aggregation of the pooled updates into version current_version + 1.
+
+    ``acc``: an empty accumulator to work in (a daemon passes one that keeps its buffers from
+    one aggregation to the next); a fresh one by default.
+    """
+    acc = WeightedSum() if acc is None else acc
+    excluded: dict[str, str] = {}
+    worst = 0
     for update in updates:
         reason = _exclusion(update, current_version, settings)
         if reason:
