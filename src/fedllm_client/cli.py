@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedllm_core.errors import ExitCode, FedllmError
+from fedllm_core.errors import ExitCode, FedllmError, run_command
 from fedllm_core.logging import configure_logging
 
 
@@ -67,13 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedllm-client", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FedllmError as exc:
-        print(f"fedllm-client: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return 130
+    return run_command("fedllm-client", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fedllm_core.errors import FedllmError
+from fedllm_core.errors import run_command
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -40,13 +40,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    try:
-        return int(args._module.run(args))
-    except FedllmError as exc:
-        print(f"fedllm {args.command}: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(f"fedllm {args.command}", lambda: args._module.run(args))
 
 
 if __name__ == "__main__":

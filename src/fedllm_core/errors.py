@@ -6,6 +6,8 @@ a bad config from a missing certificate from a port already in use without parsi
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -40,3 +42,15 @@ class CertificateError(FedllmError):
 
 class ModelError(FedllmError):
     exit_code = ExitCode.DATA
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run a console command: a FedllmError becomes its message on stderr and its exit code,
+    Ctrl-C exits 130 (what a shell reports for SIGINT); anything else is a bug and propagates."""
+    try:
+        return int(command())
+    except FedllmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130

@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedllm_core.errors import FedllmError
+from fedllm_core.errors import run_command
 from fedllm_core.logging import configure_logging
 from fedllm_core.settings import load_settings
 
@@ -67,13 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedllm-server", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FedllmError as exc:
-        print(f"fedllm-server: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return 130
+    return run_command("fedllm-server", lambda: run(args))
 
 
 if __name__ == "__main__":
