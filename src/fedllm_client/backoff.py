@@ -8,6 +8,7 @@ that got as far as the handshake.
 
 from __future__ import annotations
 
+import math
 import random
 
 from pydantic import Field, model_validator
@@ -38,11 +39,14 @@ class Backoff:
         self.settings = settings
         self.failures = 0
         self._rng = rng or random.Random()
+        # The exponent past which the delay is max_s anyway. Without it a client that keeps
+        # retrying through a long outage overflows the float (2.0**1024) after ~1,000 attempts.
+        self._cap = _exponent_reaching(settings.max_s / settings.initial_s, settings.multiplier)
 
     def next_delay(self) -> float:
         """Seconds to wait before the next attempt (counts one more failure)."""
         s = self.settings
-        base = min(s.max_s, s.initial_s * s.multiplier**self.failures)
+        base = min(s.max_s, s.initial_s * s.multiplier ** min(self.failures, self._cap))
         self.failures += 1
         factor = self._rng.uniform(1.0 - s.jitter, 1.0 + s.jitter)
         return min(s.max_s, base * factor)
@@ -52,3 +56,10 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def _exponent_reaching(ratio: float, multiplier: float) -> int:
+    """Smallest n with multiplier**n >= ratio (0 when the delay never grows)."""
+    if multiplier <= 1 or ratio <= 1:
+        return 0
+    return math.ceil(math.log(ratio) / math.log(multiplier))

@@ -37,3 +37,15 @@ def test_max_attempts_exhausts() -> None:
     assert not b.exhausted()
     b.next_delay()
     assert b.exhausted()
+
+
+def test_thousands_of_failed_attempts_keep_the_capped_delay() -> None:
+    # a server down for a day: 2.0**1024 used to overflow and crash the daemon
+    b = Backoff(BackoffSettings(initial_s=0.5, multiplier=2, jitter=0, max_s=30))
+    delays = [b.next_delay() for _ in range(5000)]
+    assert delays[-1] == 30 and delays[:3] == [0.5, 1.0, 2.0]
+
+
+def test_a_multiplier_of_one_keeps_the_initial_delay() -> None:
+    b = Backoff(BackoffSettings(initial_s=0.5, multiplier=1, jitter=0, max_s=30))
+    assert {b.next_delay() for _ in range(2000)} == {0.5}
