@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +34,15 @@ from typing import Any
 import tomli_w
 
 from fedllm_core.certs import PkiPaths, make_federation_pki
+from fedllm_experiment.processes import Daemon, DaemonCrashed, Fleet
 
 FLOWER_S_PER_ROUND = {2: 10.7, 20: 12.4, 100: 22.5}
 # size (MB) -> (hidden size, LoRA rank): 5 layers x {query, value} x {A, B} = 20 arrays of
 # rank x hidden float32 each, 20 * r * h * 4 bytes ~= size.
 SHAPES = {2: (128, 195), 20: (256, 977), 100: (256, 4883)}
 DATA = {"max_rows": 1000, "num_partitions": 4}
+RUN_TIMEOUT_S = 600.0  # one size's whole run
+CLIENT_EXIT_S = 60.0  # clients' exit after the server's Bye
 
 
 def model_section(size_mb: int) -> dict[str, Any]:
@@ -102,11 +104,10 @@ def client_config(root: Path, pki: PkiPaths, port: int, size_mb: int, index: int
     return path
 
 
-def spawn(module: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+def daemon(name: str, module: str, config: Path, root: Path) -> Daemon:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = log.open("wb")
     argv = [sys.executable, "-m", module, "--config", str(config)]
-    return subprocess.Popen(argv, stdout=out, stderr=out, env=env, cwd=config.parent)
+    return Daemon(name, argv, root / f"{name}.log", env=env, cwd=root)
 
 
 def rss_kb(pid: int) -> int:
@@ -116,11 +117,13 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def wait_listening(proc: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+def wait_listening(server: Daemon, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
-    while "server_listening" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+    while "server_listening" not in server.log_path.read_text(errors="replace"):
+        if server.poll() is not None:
+            raise server.crash()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"server not listening after {timeout:.0f} s: see {server.log_path}")
         time.sleep(0.1)
 
 
@@ -142,28 +145,54 @@ def round_seconds(metrics: Path) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+def follow(fleet: Fleet) -> int:
+    """Start the server, then the clients; return once all have exited 0 (else raise).
+
+    Returns the server's idle RSS (kB) measured once it listens, before any client connects.
+    """
+    server = fleet.server
+    server.start()
+    wait_listening(server)
+    assert server.proc is not None
+    idle_kb = rss_kb(server.proc.pid)
+    for client in fleet.clients:
+        client.start()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while server.poll() is None:
+        fleet.check_clients()  # a client that dies would leave the server waiting forever
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no result after {RUN_TIMEOUT_S:.0f} s: see {server.log_path}")
+        time.sleep(0.1)
+    if server.returncode != 0:
+        raise server.crash()
+    fleet.wait_clients(CLIENT_EXIT_S)
+    fleet.check_clients()
+    stuck = [c.name for c in fleet.clients if c.returncode is None]
+    if stuck:
+        raise SystemExit(f"{stuck} still running {CLIENT_EXIT_S:.0f} s after the server's Bye")
+    return idle_kb
+
+
 def run_size(size_mb: int, rounds: int, n: int, root: Path) -> dict[str, Any]:
     names = [f"client-{i + 1}" for i in range(n)]
     pki = make_federation_pki(root / "pki", clients=names)
     port = free_port()
-    server_log = root / "server.log"
-    server = spawn(
-        "fedllm_server.cli", server_config(root, pki, port, size_mb, rounds, n), server_log
-    )
-    wait_listening(server, server_log)
-    idle_kb = rss_kb(server.pid)
+    server_cfg = server_config(root, pki, port, size_mb, rounds, n)
+    server = daemon("server", "fedllm_server.cli", server_cfg, root)
     clients = [
-        spawn("fedllm_client.cli", client_config(root, pki, port, size_mb, i), root / f"{name}.log")
+        daemon(name, "fedllm_client.cli", client_config(root, pki, port, size_mb, i), root)
         for i, name in enumerate(names)
     ]
-    _, status, usage = os.wait4(server.pid, 0)
-    server.returncode = os.waitstatus_to_exitcode(status)
-    codes = [c.wait(timeout=120) for c in clients]
-    if server.returncode != 0 or any(codes):
-        raise SystemExit(f"daemons failed: server {server.returncode}, clients {codes}")
+    fleet = Fleet(server, clients)
+    try:
+        idle_kb = follow(fleet)
+    except DaemonCrashed as exc:
+        raise SystemExit(f"{size_mb} MB run failed: {exc}") from None
+    finally:
+        fleet.stop_all(grace_s=5.0)  # whatever happened, no daemon outlives the bench
     per_round = round_seconds(root / "server-state" / "metrics.jsonl")
     update_bytes = n * size_mb * 1_000_000
-    growth = usage.ru_maxrss * 1024 - idle_kb * 1024
+    growth = server.max_rss_kb * 1024 - idle_kb * 1024
     return {
         "size_mb": size_mb,
         "rounds": len(per_round),
@@ -177,7 +206,7 @@ def run_size(size_mb: int, rounds: int, n: int, root: Path) -> dict[str, Any]:
         if size_mb in FLOWER_S_PER_ROUND
         else None,
         "server_idle_rss_mb": round(idle_kb / 1024, 1),
-        "server_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "server_peak_rss_mb": round(server.max_rss_kb / 1024, 1),
         "server_rss_growth_over_round_bytes": round(growth / update_bytes, 3),
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -54,6 +55,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     returncode: int | None = None
     cpu_s: float = 0.0
+    max_rss_kb: int = 0  # peak resident set size (ru_maxrss), known once reaped
     started_at: float = 0.0
     ended_at: float = 0.0
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -79,11 +81,12 @@ class Daemon:
         pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
         if pid == 0:
             return None
-        self._finish(os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime)
+        self._finish(os.waitstatus_to_exitcode(status), usage)
         return self.returncode
 
-    def _finish(self, returncode: int, cpu_s: float) -> None:
-        self.returncode, self.cpu_s, self.ended_at = returncode, cpu_s, time.monotonic()
+    def _finish(self, returncode: int, usage: resource.struct_rusage) -> None:
+        self.returncode, self.ended_at = returncode, time.monotonic()
+        self.cpu_s, self.max_rss_kb = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
         assert self.proc is not None
         self.proc.returncode = returncode  # we reaped it; keep Popen from trying again
         if self._log is not None:
