@@ -9,9 +9,9 @@ way the server folds uploads on arrival. Three timings, all in the same process 
 then `fedavg.finish` (mean + apply to the global). GB/s counts update bytes folded per second
 (median over repeats, and best); fold/memcpy is the median of the per-repeat ratio.
 Peak RSS growth is ru_maxrss after all passes minus ru_maxrss before any (global model, noise
-source and memcpy sink already resident), each workload in a fresh interpreter so
-the peaks do not mix. It includes the update in flight (1 x model), the running sums (1 x) and
-the scratch buffer (1/10 x): O(model), where a list of all updates would be clients x model.
+source and memcpy sink already resident), each workload in a fresh interpreter so the peaks
+do not mix. It includes the update in flight (1 x model), the running sums (float64, so 2 x)
+and the 1 MiB scratch block: O(model), where a list of all updates would be clients x model.
 Last output line: one JSON object.
 
     python bench/aggregate.py [--repeat 9]
