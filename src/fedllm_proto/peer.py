@@ -26,6 +26,7 @@ from fedllm_proto.wire import Buffer, EncodedMessage
 log = structlog.get_logger("fedllm.transport")
 INBOX_MESSAGES = 4  # received messages queued before we stop reading (bounded memory)
 LINGER_S = 2.0  # how long a failed peer may read our Error frame before we close
+CLOSE_FLUSH_S = 5.0  # how long a closing peer may take to receive what we still had buffered
 WRITE_SLICE = 1 << 20  # largest single transport.write (see WireProtocol.write)
 
 
@@ -221,7 +222,7 @@ class Peer:
         self.bytes_sent = 0
         self._idle_timeout_s = idle_timeout_s
         self._lock = asyncio.Lock()
-        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
 
     @property
@@ -270,10 +271,17 @@ class Peer:
             return item
 
     async def close(self, reason: str = "") -> None:
-        """Send Bye (if the conversation is still open) and close the connection."""
-        if self._closed:
-            return
-        self._closed = True
+        """Send Bye (if the conversation is still open) and close the connection.
+
+        Returns once what we still had buffered has gone out (bounded by CLOSE_FLUSH_S). Safe
+        to call more than once and from several tasks: later calls wait for the first close
+        instead of returning while it is still flushing.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(reason))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
         transport = self._proto.transport
         try:
             async with asyncio.timeout(5.0):
@@ -285,6 +293,18 @@ class Peer:
         self._timer.cancel()
         if transport is not None:
             transport.close()
+            await self._flushed(transport)
+
+    async def _flushed(self, transport: asyncio.Transport) -> None:
+        # close() only schedules the flush of what is still buffered (the Bye, perhaps the tail
+        # of a model). A caller that returns and ends its event loop next (a daemon shutting
+        # down) would drop it: the peer then sees a lost connection instead of a Bye, and a
+        # client reconnects forever. So wait until it is gone; a peer that stopped reading is
+        # cut off after CLOSE_FLUSH_S.
+        try:
+            await asyncio.wait_for(asyncio.shield(self._proto.lost), CLOSE_FLUSH_S)
+        except TimeoutError:
+            transport.abort()
 
     async def wait_closed(self) -> None:
         await self._proto.lost
