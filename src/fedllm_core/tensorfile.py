@@ -1,10 +1,10 @@
-"""Durable safetensors files written straight from the arrays, hashed on the way out.
+"""Durable safetensors files written straight from the arrays, hashed from the same buffers.
 
 Why not ``safetensors.numpy.save``: it builds the whole file as one ``bytes`` object (a copy
 of every tensor), and the caller then hashes and writes that copy. For a 100 MB global model
 that was 0.12 s and 100 MB of freshly touched memory per checkpoint (measured on the 2-core
 development VM). Here the 8-byte header length, the JSON header and each tensor's own buffer
-are handed to ``atomic_write_parts`` in order and fed to sha256 as they pass: no copy, and the
+are fed to sha256 and then to ``atomic_write_parts`` in order: no copy of the tensors, and the
 file is byte-for-byte a safetensors file (``safetensors.numpy.load`` reads it; a test checks).
 Format: https://github.com/huggingface/safetensors#format (little-endian u64 header size N, N
 bytes of JSON padded with spaces to a multiple of 8, then the tensor bytes back to back).

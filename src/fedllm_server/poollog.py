@@ -16,12 +16,13 @@ with 100 MB updates that was half of a FedAvg round (bench/round_overhead.py: 2.
 The file stays as large as the largest round's updates.
 
 File layout (little-endian): header ``FLOG`` magic, u32 format, i64 base version, u64 epoch,
-u32 crc32 of those 24 bytes; then records, each ``u32 length | u32 crc32(epoch + payload) | u64
-epoch | payload``. Reading stops at the first frame that is not a record of this epoch: a frame
-with this epoch that runs past the end of the file or fails its CRC is a torn append (the writer
-died mid-append; it was never Acked) and is reported; anything else is space left from earlier
-epochs. Payload: u32 length + msgpack header, then the raw tensor bytes. Pure file I/O on numpy
-arrays; callers run it off the event loop.
+u32 crc32 of those 24 bytes; then records, each ``u64 length | u32 crc32(epoch + payload) | u64
+epoch | payload`` (a full-model update of more than 4 GiB fits). Reading stops at the first
+frame that is not a record of this epoch: a frame with this epoch that runs past the end of the
+file or fails its CRC is a torn append (the writer died mid-append; it was never Acked) and is
+reported; anything else is space left from earlier epochs. Payload: u32 length + msgpack
+header, then the raw tensor bytes. Pure file I/O on numpy arrays; callers run it off the event
+loop.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _MAGIC = b"FLOG"
 _HEADER = struct.Struct("<4sIqQ")  # magic, format, version, epoch (+ u32 crc32 of these)
 _HEADER_CRC = struct.Struct("<I")
 _HEADER_SIZE = _HEADER.size + _HEADER_CRC.size
-_FRAME = struct.Struct("<IIQ")  # payload length, crc32(epoch bytes + payload), epoch
+_FRAME = struct.Struct("<QIQ")  # payload length, crc32(epoch bytes + payload), epoch
 _EPOCH = struct.Struct("<Q")
 _FORMAT = 2
 
