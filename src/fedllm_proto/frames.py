@@ -46,6 +46,9 @@ class Flags(IntFlag):
 
 
 KNOWN_FLAGS = Flags.COMPRESSED | Flags.LOSSY
+# As a plain int: on 3.11 `~KNOWN_FLAGS` is the complement *within the members* (Flags(0)),
+# so `flags & ~KNOWN_FLAGS` would be 0 for every reserved bit.
+_RESERVED_BITS = 0xFFFF & ~int(KNOWN_FLAGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ def parse_header(data: bytes | bytearray | memoryview, limits: Limits) -> FrameH
     magic, version, ftype, flags, length, raw_length = HEADER.unpack(data)
     if magic != MAGIC:
         raise remote(ErrorCode.BAD_FRAME, _bad_magic_reason(bytes(magic)))
-    if flags & ~KNOWN_FLAGS:
+    if flags & _RESERVED_BITS:
         raise remote(ErrorCode.BAD_FRAME, f"reserved flag bits set: {flags:#06x}")
     try:
         frame_type = FrameType(ftype)
