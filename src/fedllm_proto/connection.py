@@ -4,6 +4,8 @@ Rules (h11/aioquic style): never touches a socket or a clock. ``receive_data(b""
 EOF. Every received header is checked against the state table and the negotiated version
 before its payload is allocated. A remote protocol error moves the connection to ERROR and is
 re-raised on every later receive; the transport answers it with ``send_error`` and closes.
+A failed connection keeps only the error's class, code and detail (never the exception: its
+traceback would pin the frames that decoded the payload) and drops the reader's buffers.
 Timers: ``get_timer()`` is the next deadline, ``handle_timer(now)`` raises IDLE_TIMEOUT or
 returns a heartbeat to send.
 """
@@ -11,9 +13,16 @@ returns a heartbeat to send.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedllm_proto.errors import ErrorCode, LocalProtocolError, ProtocolError, remote
+from fedllm_proto.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    remote,
+)
 from fedllm_proto.frames import FrameHeader, FrameType
 from fedllm_proto.limits import Limits
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Error, Heartbeat, Hello, Message, Welcome
@@ -35,6 +44,24 @@ class ConnectionClosed:
 
 
 Event = Message | NeedData | ConnectionClosed
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """Why a connection failed, without the exception (and so without its traceback)."""
+
+    local: bool
+    code: ErrorCode
+    detail: str
+
+    @classmethod
+    def of(cls, exc: ProtocolError) -> _Failure:
+        return cls(isinstance(exc, LocalProtocolError), exc.code, exc.detail)
+
+    def error(self) -> ProtocolError:
+        """A fresh exception each time: re-raising one object would grow its traceback."""
+        kind = LocalProtocolError if self.local else RemoteProtocolError
+        return kind(self.code, self.detail)
 
 
 class Connection:
@@ -60,7 +87,7 @@ class Connection:
         self.offered_versions: tuple[int, ...] = ()  # the peer's (server) / our (client) Hello
         self.peer_hello: Hello | None = None
         self._events: deque[Message | ConnectionClosed] = deque()
-        self._error: ProtocolError | None = None
+        self._failure: _Failure | None = None
         self._last_recv = now
         self._last_send = now
         self._reader = FrameReader(self.limits, self._on_header, self._on_message)
@@ -83,14 +110,15 @@ class Connection:
         return self._reader.get_buffer()
 
     def buffer_updated(self, nbytes: int, now: float) -> None:
+        self._check_alive()
         self._last_recv = now
         self._guard(lambda: self._reader.buffer_updated(nbytes))
 
     def next_event(self) -> Event:
         if self._events:
             return self._events.popleft()
-        if self._error is not None:
-            raise self._error
+        if self._failure is not None:
+            raise self._failure.error()
         return NEED_DATA
 
     @property
@@ -99,19 +127,25 @@ class Connection:
         return self._reader.in_transfer
 
     def _check_alive(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._failure is not None:
+            raise self._failure.error()
 
-    def _guard(self, step: object) -> None:
+    def _guard(self, step: Callable[[], None]) -> None:
         try:
-            step()  # type: ignore[operator]
+            step()
         except ProtocolError as exc:
-            self._fail(exc)
-            raise
+            failure = _Failure.of(exc)
+        else:
+            return
+        # Raised outside the except block, so the new error has no __context__ pointing at
+        # the original and its traceback (the reader frames holding the payload).
+        self._fail(failure)
+        raise failure.error()
 
-    def _fail(self, exc: ProtocolError) -> None:
-        self._error = exc
+    def _fail(self, failure: _Failure) -> None:
+        self._failure = failure
         self.state = State.ERROR
+        self._reader.discard()
 
     def _on_header(self, frame: FrameHeader) -> None:
         if self.protocol_version is not None and frame.version != self.protocol_version:
@@ -222,9 +256,10 @@ class Connection:
         """
         self._check_alive()
         if self.idle_timeout_s is not None and now >= self._last_recv + self.idle_timeout_s:
-            self._fail(remote(ErrorCode.IDLE_TIMEOUT, f"silent for {self.idle_timeout_s:g}s"))
-            assert self._error is not None
-            raise self._error
+            detail = f"silent for {self.idle_timeout_s:g}s"
+            failure = _Failure(False, ErrorCode.IDLE_TIMEOUT, detail)
+            self._fail(failure)
+            raise failure.error()
         hb = self.heartbeat_interval_s
         if hb is None or not self._may_heartbeat() or now < self._last_send + hb:
             return b""

@@ -5,15 +5,19 @@ payload, or the next slice of a tensor body) and exposes that space as ``get_buf
 transport can ``recv_into`` it and body bytes land in their final place with no extra copy.
 Headers are validated, and the owner's ``on_header`` hook asked, before any payload space is
 allocated. A chunked transfer only completes when its last byte arrives; EOF, Error or Bye
-mid-transfer drops the partial body, so nothing half-received is ever delivered.
+mid-transfer drops the partial body, so nothing half-received is ever delivered. Hooks that are
+bound methods are held weakly: the owner holds the reader, so a strong reference back would
+make every connection a reference cycle that only the cyclic GC frees.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +32,21 @@ HeaderHook = Callable[[FrameHeader], None]
 MessageHook = Callable[[Message], None]
 _TENSOR_TYPES = frozenset({FrameType.GLOBAL_MODEL, FrameType.UPDATE})
 _ABORTING_TYPES = frozenset({FrameType.ERROR, FrameType.BYE})
+T = TypeVar("T")
+
+
+def _weak(hook: Callable[[T], None]) -> Callable[[T], None]:
+    """``hook`` itself, or for a bound method a caller that does not keep its object alive."""
+    if not inspect.ismethod(hook):
+        return hook
+    ref = weakref.WeakMethod(hook)
+
+    def call(arg: T) -> None:
+        method = ref()
+        if method is not None:  # the owner is gone: nobody is left to tell
+            method(arg)
+
+    return call
 
 
 class BodyPool:
@@ -72,8 +91,8 @@ class _Transfer:
 class FrameReader:
     def __init__(self, limits: Limits, on_header: HeaderHook, on_message: MessageHook) -> None:
         self._limits = limits
-        self._on_header = on_header
-        self._on_message = on_message
+        self._on_header = _weak(on_header)
+        self._on_message = _weak(on_message)
         self._header = bytearray(HEADER_SIZE)
         self._frame: FrameHeader | None = None  # None while reading a header
         self._payload: memoryview | None = None  # a message or compressed-chunk payload
@@ -112,6 +131,12 @@ class FrameReader:
         if self.mid_frame or self.in_transfer:
             self._transfer = None
             raise remote(ErrorCode.TRANSFER_ABORTED, "connection closed in the middle of a message")
+
+    def discard(self) -> None:
+        """Drop every buffer (payload, partial body, pooled bodies): the connection failed."""
+        self._transfer = None
+        self._pool = BodyPool()
+        self._next_header()
 
     def _expect(self, target: memoryview) -> None:
         self._target, self._got = target, 0
