@@ -11,6 +11,7 @@ committed only after the upload was sent (trigger.py's contract).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class PendingUpload:
     decision: policy.Decision | None
     trigger_state: policy.TriggerState | None
     layers: list[str]
+    final: bool = False  # the one upload after the budget is spent
 
 
 class ClientRuntime:
@@ -222,11 +224,14 @@ class ClientRuntime:
         return _layer_change_norms(self.model.layers(), current, before)
 
     def final_upload(self) -> PendingUpload | None:
-        """Budget spent: one last upload if the model changed since the previous one."""
+        """Budget spent: one last upload if the model changed since the previous one.
+
+        Recorded only once it is on the wire (``uploaded``): a built upload can still be
+        dropped (a Bye or a lost connection before or while sending) and built again later."""
         if not self.state.changed_since_upload or self.state.base is None:
             return None
-        self.metrics.write("final_upload", step=self.state.steps_used)
-        return self.build_update(TriggerReason.MAX_SILENCE, -1, None, None)
+        pending = self.build_update(TriggerReason.MAX_SILENCE, -1, None, None)
+        return dataclasses.replace(pending, final=True)
 
     # ------------------------------------------------------------------ updates
     def build_update(
@@ -282,6 +287,8 @@ class ClientRuntime:
         if pending.trigger_state is not None:
             self.trigger = pending.trigger_state
         self._losses.clear()
+        if pending.final:
+            self.metrics.write("final_upload", step=s.steps_used)
         fields = _decision_fields(pending.decision) if pending.decision else {}
         self.metrics.write(
             "upload",

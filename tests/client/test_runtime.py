@@ -113,3 +113,20 @@ def test_state_of_another_model_is_not_loaded(tmp_path: Path) -> None:
     other = tiny_settings(tmp_path, model={"lora_r": 4})
     again = ClientRuntime.open(other)
     assert (again.state.steps_used, again.state.base_version) == (0, -1)
+
+
+def _final_records(rt: ClientRuntime) -> list[str]:
+    names = ("final_upload", "upload")
+    return [r["event"] for r in read_metrics(rt.settings.metrics_path) if r["event"] in names]
+
+
+def test_final_upload_is_recorded_only_once_it_is_sent(tmp_path: Path) -> None:
+    """A final upload built and then dropped (the server's Bye came first, or the link broke)
+    leaves no record; built again and sent, it is recorded once, just before its upload."""
+    rt = _started(tmp_path, max_total_steps=5)
+    rt.train_chunk(5)
+    dropped = rt.final_upload()
+    sent = rt.final_upload()
+    assert dropped is not None and sent is not None
+    rt.uploaded(sent, 100)
+    assert (_final_records(rt), rt.final_upload()) == (["final_upload", "upload"], None)
