@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fedllm_proto import frames
 from fedllm_proto.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -36,6 +37,7 @@ class NeedData:
 
 
 NEED_DATA = NeedData()
+_BEFORE_OPEN = frozenset({State.IDLE, State.HELLO_RECEIVED})  # a server's states before Welcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,9 @@ class Connection:
             raise remote(
                 ErrorCode.UNEXPECTED_MESSAGE, f"{frame.type.name} in state {self.state.value}"
             )
+        if self.role is Role.SERVER and self.state in _BEFORE_OPEN:
+            cap = self.limits.max_handshake_bytes  # the peer is not even greeted yet
+            frames.check_size(frame, cap, cap)
 
     def _on_message(self, msg: Message) -> None:
         nxt = next_state(self.role, self.state, Direction.RECV, msg.TYPE)

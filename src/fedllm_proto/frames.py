@@ -45,6 +45,11 @@ class Flags(IntFlag):
     LOSSY = 0x0002  # tensor message whose encoding does not round-trip exactly
 
 
+# Payloads these carry stay far below any compression threshold, so a compressed one is only
+# ever an attempt to make the receiver decompress (a bomb, or CPU): refused at the header.
+NEVER_COMPRESSED = frozenset({FrameType.HEARTBEAT, FrameType.ACK, FrameType.TRAIN_REQUEST})
+# Small messages capped by Limits.max_control_bytes instead of max_frame_bytes.
+CONTROL_TYPES = NEVER_COMPRESSED | {FrameType.REJECT, FrameType.ERROR, FrameType.BYE}
 KNOWN_FLAGS = Flags.COMPRESSED | Flags.LOSSY
 # As a plain int: on 3.11 `~KNOWN_FLAGS` is the complement *within the members* (Flags(0)),
 # so `flags & ~KNOWN_FLAGS` would be 0 for every reserved bit.
@@ -81,8 +86,9 @@ def parse_header(data: bytes | bytearray | memoryview, limits: Limits) -> FrameH
         frame_type = FrameType(ftype)
     except ValueError:
         raise remote(ErrorCode.BAD_FRAME, f"unknown frame type {ftype}") from None
-    _check_sizes(Flags(flags), length, raw_length, limits)
-    return FrameHeader(version, frame_type, Flags(flags), length, raw_length)
+    header = FrameHeader(version, frame_type, Flags(flags), length, raw_length)
+    _check_sizes(header, limits)
+    return header
 
 
 def _bad_magic_reason(magic: bytes) -> str:
@@ -91,19 +97,28 @@ def _bad_magic_reason(magic: bytes) -> str:
     return f"bad magic {magic!r}"
 
 
-def _check_sizes(flags: Flags, length: int, raw_length: int, limits: Limits) -> None:
-    if length > limits.max_frame_bytes:
-        raise remote(
-            ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes > {limits.max_frame_bytes}"
-        )
-    if not flags & Flags.COMPRESSED:
-        if raw_length:
+def _check_sizes(frame: FrameHeader, limits: Limits) -> None:
+    wire_cap, raw_cap = limits.max_frame_bytes, limits.max_decompressed_bytes
+    if frame.type in CONTROL_TYPES:
+        wire_cap, raw_cap = min(wire_cap, limits.max_control_bytes), limits.max_control_bytes
+    check_size(frame, wire_cap, min(raw_cap, limits.max_decompressed_bytes))
+
+
+def check_size(frame: FrameHeader, wire_cap: int, raw_cap: int) -> None:
+    """`length` within `wire_cap`; `raw_length` within `raw_cap`, and set only if compressed."""
+    name = frame.type.name
+    if frame.length > wire_cap:
+        raise remote(ErrorCode.FRAME_TOO_LARGE, f"{name} frame of {frame.length} B > {wire_cap}")
+    if not frame.compressed:
+        if frame.raw_length:
             raise remote(ErrorCode.BAD_FRAME, "raw length set on an uncompressed frame")
         return
-    if raw_length > limits.max_decompressed_bytes:
+    if frame.type in NEVER_COMPRESSED:
+        raise remote(ErrorCode.BAD_FRAME, f"{name} is never compressed")
+    if frame.raw_length > raw_cap:
         raise remote(
             ErrorCode.DECOMPRESSION_FAILED,
-            f"declared decompressed size {raw_length} > {limits.max_decompressed_bytes}",
+            f"{name} declares {frame.raw_length} B decompressed > {raw_cap}",
         )
 
 

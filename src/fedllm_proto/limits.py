@@ -19,6 +19,11 @@ class Limits:
 
     max_frame_bytes: int = 16 * MiB  # payload of any single frame, as declared in its header
     max_decompressed_bytes: int = 64 * MiB  # one compressed frame's declared/actual output
+    # A server's every frame until the conversation is open (Hello and what may surround it),
+    # on the wire and decompressed: an unauthenticated peer's header buys at most this much.
+    max_handshake_bytes: int = 32 * KiB
+    # Heartbeat, Ack, TrainRequest, Reject, Error, Bye: on the wire and decompressed.
+    max_control_bytes: int = 64 * KiB
     max_message_bytes: int = 6 * GiB  # body of one chunked tensor message (encoded)
     max_tensor_bytes: int = 6 * GiB  # all tensors of one message once decoded (dense)
     max_tensors: int = 4096

@@ -59,7 +59,7 @@ def _fields(msg: Message) -> dict[str, Any]:
 def _payload_frame(
     version: int, ftype: FrameType, payload: bytes, flags: Flags, limits: Limits
 ) -> tuple[Buffer, ...]:
-    if len(payload) > limits.compress_threshold:
+    if len(payload) > limits.compress_threshold and ftype not in frames.NEVER_COMPRESSED:
         packed = frames.compress(payload)
         if len(packed) < len(payload):
             hdr = frames.pack_header(

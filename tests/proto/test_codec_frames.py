@@ -170,7 +170,7 @@ def test_oversize_frame_is_refused_from_its_header_alone() -> None:
 def test_zstd_bomb_declaring_its_true_size_is_refused_before_decompressing() -> None:
     _client, server = open_pair()
     bomb = zstandard.ZstdCompressor().compress(bytes(200 << 20))  # 200 MiB of zeros, tiny
-    header = frames.pack_header(1, FrameType.HEARTBEAT, Flags.COMPRESSED, len(bomb), 200 << 20)
+    header = frames.pack_header(1, FrameType.BYE, Flags.COMPRESSED, len(bomb), 200 << 20)
     with pytest.raises(RemoteProtocolError) as err:
         server.receive_data(header + bomb, 0.0)
     assert err.value.code is ErrorCode.DECOMPRESSION_FAILED
@@ -179,7 +179,7 @@ def test_zstd_bomb_declaring_its_true_size_is_refused_before_decompressing() -> 
 def test_zstd_bomb_lying_about_its_size_is_cut_at_the_declared_size() -> None:
     _client, server = open_pair()
     bomb = zstandard.ZstdCompressor().compress(bytes(200 << 20))
-    header = frames.pack_header(1, FrameType.HEARTBEAT, Flags.COMPRESSED, len(bomb), 100)
+    header = frames.pack_header(1, FrameType.BYE, Flags.COMPRESSED, len(bomb), 100)
     tracemalloc.start()
     with pytest.raises(RemoteProtocolError) as err:
         server.receive_data(header + bomb, 0.0)

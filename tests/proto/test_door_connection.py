@@ -14,12 +14,17 @@ from collections.abc import Iterator
 
 import msgpack
 import numpy as np
+import pytest
+import zstandard
 
 from fedllm_proto import frames
 from fedllm_proto.connection import Connection
-from fedllm_proto.errors import RemoteProtocolError
+from fedllm_proto.errors import ErrorCode, RemoteProtocolError
 from fedllm_proto.frames import Flags, FrameType
-from fedllm_proto.testing import open_pair
+from fedllm_proto.limits import Limits
+from fedllm_proto.messages import Ack, Reject, RejectCode
+from fedllm_proto.states import Role
+from fedllm_proto.testing import hello, open_pair
 
 BODY_BYTES = 8 << 20  # 8 MiB: large against everything else the test allocates
 
@@ -117,3 +122,95 @@ def test_a_numpy_body_is_traced_by_tracemalloc() -> None:
         tracemalloc.stop()
     del buf
     assert held >= BODY_BYTES
+
+
+# ---- frames before Hello (attack 4) ---------------------------------------------------------
+
+
+def refused_code(conn: Connection, data: bytes) -> ErrorCode:
+    with pytest.raises(RemoteProtocolError) as err:
+        conn.receive_data(data, 0.0)
+    return err.value.code
+
+
+def test_a_large_frame_before_hello_is_refused_at_its_header() -> None:
+    header = frames.pack_header(1, FrameType.HELLO, Flags.NONE, Limits().max_frame_bytes)
+    assert refused_code(Connection(Role.SERVER), header) is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_a_large_decompressed_size_before_hello_is_refused_at_its_header() -> None:
+    header = frames.pack_header(1, FrameType.HELLO, Flags.COMPRESSED, 100, 1 << 20)
+    assert refused_code(Connection(Role.SERVER), header) is ErrorCode.DECOMPRESSION_FAILED
+
+
+def test_a_large_frame_after_hello_before_welcome_is_refused() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(Connection(Role.CLIENT).send(hello(), 0.0), 0.0)
+    header = frames.pack_header(1, FrameType.BYE, Flags.NONE, 40 << 10)
+    assert refused_code(server, header) is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_a_frame_before_hello_allocates_nothing_big() -> None:
+    server = Connection(Role.SERVER)
+    header = frames.pack_header(1, FrameType.HELLO, Flags.NONE, Limits().max_frame_bytes)
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(RemoteProtocolError):
+            server.receive_data(header, 0.0)
+        _held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10
+
+
+def test_the_largest_ascii_hello_fits_the_handshake_limit() -> None:
+    big = hello(model_fingerprint="f" * 256, capabilities=tuple(f"{i:03d}" * 85 for i in range(64)))
+    server = Connection(Role.SERVER)
+    server.receive_data(Connection(Role.CLIENT).send(big, 0.0), 0.0)
+    assert server.next_event() == big
+
+
+# ---- compressed and oversized control messages (attack 6) -----------------------------------
+
+
+NEVER_COMPRESSED = [FrameType.HEARTBEAT, FrameType.ACK, FrameType.TRAIN_REQUEST]
+
+
+@pytest.mark.parametrize("ftype", NEVER_COMPRESSED, ids=lambda t: t.name)
+def test_a_compressed_control_message_is_refused_at_its_header(ftype: FrameType) -> None:
+    client, server = open_pair()
+    receiver = server if ftype is FrameType.HEARTBEAT else client
+    header = frames.pack_header(1, ftype, Flags.COMPRESSED, 12, 1 << 20)
+    assert refused_code(receiver, header) is ErrorCode.BAD_FRAME
+
+
+def test_a_compressed_heartbeat_is_refused_even_when_honest_about_its_size() -> None:
+    _client, server = open_pair()
+    payload = zstandard.ZstdCompressor().compress(b"\x80")  # an empty map
+    data = frame(FrameType.HEARTBEAT, payload, Flags.COMPRESSED, 1)
+    assert refused_code(server, data) is ErrorCode.BAD_FRAME
+
+
+def test_a_bye_declaring_more_than_the_control_limit_is_refused_at_its_header() -> None:
+    _client, server = open_pair()
+    header = frames.pack_header(1, FrameType.BYE, Flags.COMPRESSED, 100, 1 << 20)
+    assert refused_code(server, header) is ErrorCode.DECOMPRESSION_FAILED
+
+
+def test_a_heartbeat_larger_than_the_control_limit_is_refused_at_its_header() -> None:
+    _client, server = open_pair()
+    header = frames.pack_header(1, FrameType.HEARTBEAT, Flags.NONE, 1 << 20)
+    assert refused_code(server, header) is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_a_long_reject_detail_is_compressed_and_still_arrives() -> None:
+    client, server = open_pair()
+    reject = Reject("u1", RejectCode.TOO_STALE, "é" * 4096)
+    client.receive_data(server.send(reject, 0.0), 0.0)
+    assert client.next_event() == reject
+
+
+def test_control_messages_are_never_sent_compressed() -> None:
+    _client, server = open_pair(Limits(compress_threshold=0))
+    data = server.send(Ack("u" * 256, 3), 0.0)
+    assert not frames.parse_header(data[: frames.HEADER_SIZE], Limits()).compressed
