@@ -21,7 +21,7 @@ import numpy as np
 
 from fedllm_proto import encodings as enc
 from fedllm_proto.encodings import Kind, as_bytes
-from fedllm_proto.errors import ErrorCode, remote
+from fedllm_proto.errors import ErrorCode, RemoteProtocolError, remote
 from fedllm_proto.limits import Limits
 
 TensorDict = dict[str, np.ndarray]
@@ -236,16 +236,67 @@ def unpack_tensors(data: bytes | memoryview, limits: Limits | None = None) -> Te
     end = _LEN.size + mlen
     if end > len(view):
         raise remote(ErrorCode.BAD_MESSAGE, "truncated tensor manifest")
-    specs, body_bytes = parse_manifest(unpack_msgpack(view[_LEN.size : end]), limits)
+    specs, body_bytes = parse_manifest(unpack_msgpack(view[_LEN.size : end], limits), limits)
     if len(view) - end != body_bytes:
         raise remote(ErrorCode.BAD_MESSAGE, "tensor body size differs from the manifest")
     return decode_body(specs, view[end:])
 
 
-def unpack_msgpack(payload: bytes | memoryview) -> Any:
-    """msgpack with its own allocation limits; every failure becomes BAD_MESSAGE."""
+# msgpack container limits. The largest array a message has is its manifest (max_tensors);
+# the largest map, metrics or strategy_params (1024 entries, plus room for unknown keys); the
+# longest string a 4096-character detail in 4-byte UTF-8. Nothing on the wire is bin or ext.
+_MAX_MAP_LEN = 1024 + 64
+_MAX_STR_LEN = 4 * 4096
+_MIN_ARRAY_LEN = 64  # Hello.capabilities, whatever max_tensors says
+
+
+class _ItemBudget:
+    """Counts every container and element decoded; refuses past the budget.
+
+    Per-container limits alone let a nested payload (arrays of arrays of empty maps) build a
+    container per payload byte, ~60 B each: this bounds their total. msgpack calls the hooks
+    as each container closes, so at most the open ones (its stack) are built beyond it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def take(self, obj: Any) -> Any:
+        self.left -= 1 + len(obj)
+        if self.left < 0:
+            raise remote(ErrorCode.BAD_MESSAGE, "msgpack: too many containers or elements")
+        return obj
+
+
+def msgpack_item_budget(limits: Limits) -> int:
+    """Containers + elements one payload may hold: a full manifest plus the message's maps."""
+    per_tensor = 3 + 6 + limits.max_ndim  # manifest slot, entry list + 6 items, shape + dims
+    return limits.max_tensors * per_tensor + 4 * _MAX_MAP_LEN
+
+
+def unpack_msgpack(payload: bytes | memoryview, limits: Limits | None = None) -> Any:
+    """msgpack with allocation limits derived from ``limits``; every failure is BAD_MESSAGE.
+
+    No container may declare more entries than the payload has bytes or than any message
+    needs, so msgpack never preallocates past that; the item budget bounds the total.
+    """
+    limits = limits or Limits()
+    size = len(payload)
+    budget = _ItemBudget(msgpack_item_budget(limits))
     try:
-        # msgpack >= 1.0 caps every container/string length by len(payload) itself.
-        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=min(size, max(limits.max_tensors, _MIN_ARRAY_LEN)),
+            max_map_len=min(size, _MAX_MAP_LEN),
+            max_str_len=min(size, _MAX_STR_LEN),
+            max_bin_len=0,
+            max_ext_len=0,
+            list_hook=budget.take,
+            object_hook=budget.take,
+        )
+    except RemoteProtocolError:
+        raise
     except Exception as exc:  # msgpack raises a zoo of types; all mean "bad payload"
-        raise remote(ErrorCode.BAD_MESSAGE, f"msgpack: {type(exc).__name__}") from None
+        raise remote(ErrorCode.BAD_MESSAGE, f"msgpack: {type(exc).__name__}: {exc}") from None

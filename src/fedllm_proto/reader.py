@@ -200,7 +200,7 @@ class FrameReader:
         payload: bytes | memoryview = self._payload
         if frame.compressed:
             payload = frames.decompress(payload, frame.raw_length)
-        fields = wire.decode_fields(frame.type, unpack_msgpack(payload))
+        fields = wire.decode_fields(frame.type, unpack_msgpack(payload, self._limits))
         self._next_header()
         if frame.type in _TENSOR_TYPES:
             self._start_transfer(frame, fields)
