@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +22,8 @@ def peak_bytes(step: Callable[[], Any]) -> int:
     """Peak traced memory of ``step``; protocol errors are what these inputs should raise."""
     tracemalloc.start()
     try:
-        try:
+        with contextlib.suppress(RemoteProtocolError):
             step()
-        except RemoteProtocolError:
-            pass
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
