@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fedllm_core.flowbins import count_bin, duration_bin, port_service
+
 if TYPE_CHECKING:
     import numpy.typing as npt
 
@@ -165,6 +167,35 @@ def _compact(r: Record) -> str:
     )
 
 
+def _endpoints_v2(r: Record) -> tuple[str, ...]:
+    """Responder then originator port as services; ICMP "ports" are Zeek's type and code."""
+    if _text(r, "proto") == "icmp":
+        return ("type", _port(r, "id.orig_p"), "code", _port(r, "id.resp_p"))
+    return ("to", port_service(_num(r, "id.resp_p")), "from", port_service(_num(r, "id.orig_p")))
+
+
+def _compact_v2(r: Record) -> str:
+    """compact@2: the fields of compact@1 with ports as services and counts as log2 bins."""
+    orig_hist, resp_hist = history_parts(_text(r, "history"))
+
+    def pair(orig: str, resp: str, unit: str) -> str:
+        return f"{count_bin(_num(r, orig))}/{count_bin(_num(r, resp))}{unit}"
+
+    return " ".join(
+        (
+            _text(r, "proto"),
+            _text(r, "service"),
+            _text(r, "conn_state"),
+            f"{orig_hist}/{resp_hist}",
+            *_endpoints_v2(r),
+            duration_bin(_num(r, "duration")),
+            pair("orig_bytes", "resp_bytes", "b"),
+            pair("orig_pkts", "resp_pkts", "p"),
+            pair("orig_ip_bytes", "resp_ip_bytes", "ip"),
+        )
+    )
+
+
 def _side(r: Record, who: str) -> str:
     return (
         f"{count(_num(r, who + '_bytes'))} payload bytes in {count(_num(r, who + '_pkts'))} "
@@ -187,8 +218,9 @@ def _verbose(r: Record) -> str:
     )
 
 
+# Every version of every template, by key (``compact@1``); a bare name means its newest version.
 TEMPLATES: Mapping[str, Template] = {
-    t.name: t
+    t.key: t
     for t in (
         Template(
             name="compact",
@@ -196,6 +228,13 @@ TEMPLATES: Mapping[str, Template] = {
             max_tokens=48,
             description="edge devices: connection fields only, terse, no key words",
             format_record=_compact,
+        ),
+        Template(
+            name="compact",
+            version=2,
+            max_tokens=44,
+            description="edge devices, shortcut-proof: ports as services, counts as log2 bins",
+            format_record=_compact_v2,
         ),
         Template(
             name="verbose",
@@ -208,14 +247,28 @@ TEMPLATES: Mapping[str, Template] = {
 }
 
 
+def _newest() -> dict[str, Template]:
+    newest: dict[str, Template] = {}
+    for template in sorted(TEMPLATES.values(), key=lambda t: t.version):
+        newest[template.name] = template
+    return newest
+
+
+# The newest version of each template: what a bare name (``compact``) selects.
+NEWEST: Mapping[str, Template] = _newest()
+
+
 def get_template(name: str) -> Template:
-    """The template called ``name`` (``compact``) or ``name@version`` (``compact@1``)."""
+    """The template ``name@version`` (``compact@1``), or the newest version of ``name``."""
     base, _, version = name.partition("@")
-    template = TEMPLATES.get(base)
-    if template is None:
+    if base not in NEWEST:
         raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
-    if version and version != str(template.version):
-        raise ValueError(f"prompt template {base!r} has version {template.version}, not {version}")
+    if not version:
+        return NEWEST[base]
+    template = TEMPLATES.get(name)
+    if template is None:
+        known = sorted(t.version for t in TEMPLATES.values() if t.name == base)
+        raise ValueError(f"prompt template {base!r} has versions {known}, not {version}")
     return template
 
 
@@ -233,9 +286,9 @@ def choose_template(name_or_auto: str = AUTO, *, max_tokens: int | None = None) 
                 f"the device allows {max_tokens}"
             )
         return template
-    fitting = [t for t in TEMPLATES.values() if max_tokens is None or t.max_tokens <= max_tokens]
+    fitting = [t for t in NEWEST.values() if max_tokens is None or t.max_tokens <= max_tokens]
     if not fitting:
-        smallest = min(t.max_tokens for t in TEMPLATES.values())
+        smallest = min(t.max_tokens for t in NEWEST.values())
         raise ValueError(f"no prompt template fits {max_tokens} tokens (smallest: {smallest})")
     return max(fitting, key=lambda t: (t.max_tokens, t.name))
 

@@ -43,9 +43,47 @@ def _irc_record() -> dict[str, Any]:
 
 def test_compact_text_is_stable() -> None:
     # Any change to this text is a new template version (the model fingerprint carries it).
-    assert get_template("compact")(_irc_record()) == (
+    assert get_template("compact@1")(_irc_record()) == (
         "tcp irc RSTR sad/hdatfr 6667 registered 816min 13k/18kb 606/1070p 46k/74kip"
     )
+
+
+def test_compact_v2_text_is_stable() -> None:
+    assert get_template("compact@2")(_irc_record()) == (
+        "tcp irc RSTR sad/hdatfr to irc from registered 32768s 8k/16kb 512/1kp 32k/64kip"
+    )
+
+
+def test_bare_name_selects_the_newest_version() -> None:
+    assert get_template("compact").key == "compact@2"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "other"),
+    [
+        ("id.resp_p", 37215.0, 37216.0),  # an unnamed registered port: only its range shows
+        ("id.orig_p", 50123.0, 61000.0),  # ephemeral source ports
+        ("orig_bytes", 300.0, 400.0),  # one log2 bin (256-511)
+        ("resp_pkts", 1070.0, 2000.0),  # one log2 bin (1024-2047)
+        ("duration", 49000.0, 60000.0),  # one log2 bin of seconds (32768-65535)
+    ],
+)
+def test_compact_v2_hides_exact_values_within_their_bin(
+    field: str, value: float, other: float
+) -> None:
+    record = _irc_record()
+    template = get_template("compact@2")
+    assert template({**record, field: value}) == template({**record, field: other})
+
+
+def test_compact_v2_names_the_service_of_a_well_known_port() -> None:
+    record = {**_irc_record(), "id.resp_p": 23.0}
+    assert " to telnet from " in get_template("compact@2")(record)
+
+
+def test_compact_v2_keeps_icmp_type_and_code() -> None:
+    record = {"proto": "icmp", "id.orig_p": 3.0, "id.resp_p": 1.0, "history": "-"}
+    assert " type 3 code 1 " in get_template("compact@2")(record)
 
 
 def test_verbose_text_is_stable() -> None:

@@ -1,0 +1,127 @@
+"""Coarse, capture-independent views of flow fields, for templates that must generalise.
+
+Why: on IoT-23 the exact values of ports, byte and packet counts act as fingerprints of the
+capture a flow came from (a model learns "1,070 packets = this capture = malicious"), and a
+detector keyed on them fails on traffic it never saw. These functions keep what describes the
+behaviour of a connection and drop what identifies a recording:
+
+- Ports become the service they name (IANA well-known names of the services IoT traffic uses)
+  or, when unnamed, their IANA range: ``well-known`` (< 1024), ``registered`` (< 49152),
+  ``ephemeral``. The exact number of an unnamed port is noise or a fingerprint.
+- Counts (bytes, packets) become log2 bins written as the bin's lower bound: 0, 1, 2, 4, 8, ...,
+  512, 1k, 2k, ..., 512k, 1M, ... So 300 and 400 bytes read the same (``256``), 60 and 70
+  do not (``32`` and ``64``).
+- Durations become log2 bins of milliseconds (``0``, ``<1ms``, ``1ms``, ``2ms`` ... ``512ms``),
+  then of seconds (``1s``, ``2s``, ... ``512s``, ``1024s`` ...).
+
+Every function maps NaN (Zeek's ``-``, unset) to ``-``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+# Ports IoT traffic uses, named as IANA (or, for the few IoT-specific ones, as their vendors) do.
+SERVICE_NAMES: Mapping[int, str] = {
+    20: "ftp-data",
+    21: "ftp",
+    22: "ssh",
+    23: "telnet",
+    25: "smtp",
+    53: "dns",
+    67: "dhcp",
+    68: "dhcp",
+    69: "tftp",
+    80: "http",
+    110: "pop3",
+    123: "ntp",
+    137: "netbios",
+    138: "netbios",
+    139: "netbios",
+    143: "imap",
+    161: "snmp",
+    162: "snmp",
+    443: "https",
+    445: "smb",
+    554: "rtsp",
+    1883: "mqtt",
+    1900: "ssdp",
+    2323: "telnet",
+    3389: "rdp",
+    5353: "mdns",
+    5683: "coap",
+    6667: "irc",
+    7547: "tr-069",
+    8080: "http",
+    8081: "http",
+    8443: "https",
+    8883: "mqtt",
+}
+WELL_KNOWN_MAX = 1024  # IANA: 0-1023 well-known, 1024-49151 registered, 49152-65535 ephemeral
+REGISTERED_MAX = 49152
+
+
+def port_range(port: float) -> str:
+    """The IANA range of a port: ``well-known``, ``registered`` or ``ephemeral`` (``-``: unset)."""
+    if math.isnan(port):
+        return "-"
+    if port < WELL_KNOWN_MAX:
+        return "well-known"
+    return "registered" if port < REGISTERED_MAX else "ephemeral"
+
+
+def port_service(port: float) -> str:
+    """The named service of a port, else its IANA range (never the exact number)."""
+    if math.isnan(port):
+        return "-"
+    return SERVICE_NAMES.get(int(port), port_range(port))
+
+
+def log2_bin(value: float) -> int:
+    """-1 for unset, 0 for 0, else k with 2^(k-1) <= value < 2^k (values below 1 count as 1)."""
+    if math.isnan(value):
+        return -1
+    if value <= 0:
+        return 0
+    return max(int(math.floor(math.log2(value))), 0) + 1
+
+
+def _scaled(value: int) -> str:
+    for factor, suffix in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "k")):
+        if value >= factor:
+            return f"{value // factor}{suffix}"
+    return str(value)
+
+
+def count_bin(value: float) -> str:
+    """A count as the lower bound of its log2 bin: ``0``, ``1``, ``2``, ``4``, ... ``1k``, ``2k``."""
+    k = log2_bin(value)
+    if k < 0:
+        return "-"
+    return "0" if k == 0 else _scaled(1 << (k - 1))
+
+
+def duration_bin(seconds: float) -> str:
+    """A duration as the lower bound of its log2 bin in ms below 1 s, in s above."""
+    if math.isnan(seconds):
+        return "-"
+    if seconds <= 0:
+        return "0"
+    ms = seconds * 1000.0
+    if ms < 1:
+        return "<1ms"
+    k = int(math.floor(math.log2(ms)))
+    if k < 10:
+        return f"{1 << k}ms"
+    return f"{1 << int(math.floor(math.log2(seconds)))}s"  # here seconds >= 1.024
+
+
+def bin_bounds(value: float) -> tuple[float, float]:
+    """[low, high) of the log2 bin ``value`` falls in (``(0, 0)`` for 0; NaN stays NaN)."""
+    k = log2_bin(value)
+    if k < 0:
+        return math.nan, math.nan
+    if k == 0:
+        return 0.0, 0.0
+    return float(1 << (k - 1)), float(1 << k)
