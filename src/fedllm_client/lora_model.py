@@ -83,9 +83,9 @@ class LoraModel:
 
     def evaluate_test(self, max_samples: int) -> dict[str, float]:
         test = load_eval_data(self.settings.data, self.template)
-        split = _encode(self.settings, self.bundle, test.texts, test.labels)
+        split = _encode(self.settings, self.bundle, test.texts, test.labels, test.weights)
         result = self.trainer.evaluate(split, max_samples=max_samples or None)
-        return {**result, "samples": float(min(len(split), max_samples or len(split)))}
+        return {**result, "samples": float(min(test.flows, max_samples or test.flows))}
 
     def optimizer_state(self) -> TensorDict | None:
         return self.trainer.optimizer_state()
@@ -98,7 +98,18 @@ class LoraModel:
 
 
 def _encode(
-    settings: ClientSettings, bundle: ModelBundle, texts: list[str], labels: np.ndarray
+    settings: ClientSettings,
+    bundle: ModelBundle,
+    texts: list[str],
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> EncodedSplit:
     cache = settings.state_dir / "cache"
-    return encode_split(bundle.tokenizer, texts, labels, settings.model.max_length, cache_dir=cache)
+    return encode_split(
+        bundle.tokenizer,
+        texts,
+        labels,
+        settings.model.max_length,
+        cache_dir=cache,
+        weights=weights,
+    )

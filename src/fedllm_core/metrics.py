@@ -14,16 +14,28 @@ import numpy as np
 METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision", "recall")
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> np.ndarray:
-    """(num_labels, num_labels) int64 counts, rows = true class, columns = predicted class."""
+def confusion_matrix(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_labels: int,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """(num_labels, num_labels) int64 counts, rows = true class, columns = predicted class.
+
+    ``weights`` (non-negative integers) count a sample that many times: a distinct text that
+    stands for k flows.
+    """
     true = np.asarray(y_true, dtype=np.int64).ravel()
     pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if true.shape != pred.shape:
         raise ValueError(f"y_true has {true.size} labels, y_pred {pred.size}")
     if true.size and (min(true.min(), pred.min()) < 0 or max(true.max(), pred.max()) >= num_labels):
         raise ValueError(f"labels must lie in [0, {num_labels})")
-    counts = np.bincount(true * num_labels + pred, minlength=num_labels * num_labels)
-    return counts.reshape(num_labels, num_labels)
+    w = None if weights is None else np.asarray(weights, dtype=np.int64).ravel()
+    if w is not None and (w.shape != true.shape or (w.size and w.min() < 0)):
+        raise ValueError(f"weights must be {true.size} non-negative counts")
+    counts = np.bincount(true * num_labels + pred, weights=w, minlength=num_labels * num_labels)
+    return counts.astype(np.int64).reshape(num_labels, num_labels)
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -31,10 +43,17 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, num_labels: int
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_labels: int,
+    weights: np.ndarray | None = None,
 ) -> dict[str, float]:
     """accuracy, f1_macro, f1_weighted, precision (macro), recall (macro)."""
-    cm = confusion_matrix(y_true, y_pred, num_labels)
+    return metrics_from_confusion(confusion_matrix(y_true, y_pred, num_labels, weights))
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """The ``METRIC_NAMES`` of one confusion matrix (rows true, columns predicted)."""
     total = cm.sum()
     if total == 0:
         raise ValueError("no samples to score")

@@ -63,6 +63,8 @@ class EncodedSplit:
     lengths: np.ndarray  # (N,) int32 tokens per prompt
     labels: np.ndarray  # (N,) int64
     pad_id: int
+    # (N,) int64 flows each sample stands for (a distinct text seen k times weighs k); None = 1.
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -70,8 +72,9 @@ class EncodedSplit:
     def subset(self, indices: np.ndarray) -> EncodedSplit:
         lengths = self.lengths[indices]
         width = int(lengths.max()) if lengths.size else 0
+        weights = None if self.weights is None else self.weights[indices]
         return EncodedSplit(
-            self.input_ids[indices, :width], lengths, self.labels[indices], self.pad_id
+            self.input_ids[indices, :width], lengths, self.labels[indices], self.pad_id, weights
         )
 
     def batch(
@@ -169,10 +172,12 @@ def encode_split(
     max_length: int,
     *,
     cache_dir: Path | str | None = None,
+    weights: Sequence[int] | np.ndarray | None = None,
 ) -> EncodedSplit:
     """Tokenise ``texts`` (truncated to ``max_length``) once; cached by tokenizer + texts hash.
 
-    ``labels`` None marks every sample unlabelled (-1), e.g. for live inference.
+    ``labels`` None marks every sample unlabelled (-1), e.g. for live inference. ``weights``
+    (flows per sample) make metrics count a deduplicated text once per flow it stands for.
     """
     if labels is not None and len(labels) != len(texts):
         raise ModelError(f"{len(texts)} texts but {len(labels)} labels")
@@ -183,7 +188,8 @@ def encode_split(
         if labels is None
         else np.asarray(labels, dtype=np.int64).reshape(len(texts))
     )
-    return EncodedSplit(ids, lengths, label_ids, int(tokenizer.pad_token_id))
+    counts = None if weights is None else np.asarray(weights, dtype=np.int64).reshape(len(texts))
+    return EncodedSplit(ids, lengths, label_ids, int(tokenizer.pad_token_id), counts)
 
 
 @dataclass(frozen=True)
@@ -368,9 +374,11 @@ def predict(bundle: ModelBundle, split: EncodedSplit, batch_size: int = 64) -> n
 
 
 def evaluate(bundle: ModelBundle, split: EncodedSplit, batch_size: int = 64) -> dict[str, float]:
-    """``classification_metrics`` plus mean cross-entropy ``loss`` of ``split``."""
+    """``classification_metrics`` plus mean cross-entropy ``loss`` of ``split`` (per flow)."""
     logits = predict_logits(bundle, split, batch_size)  # (N, C)
-    labels = split.labels
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    metrics = classification_metrics(labels, logits.argmax(axis=1), bundle.num_labels)
-    return {**metrics, "loss": float(loss)}
+    labels, weights = split.labels, split.weights
+    losses = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none")
+    loss = float(np.average(losses.numpy(), weights=weights))
+    pred = logits.argmax(axis=1)
+    metrics = classification_metrics(labels, pred, bundle.num_labels, weights=weights)
+    return {**metrics, "loss": loss}

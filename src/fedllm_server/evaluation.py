@@ -52,6 +52,7 @@ class CentralModel:
         )
         self._split: EncodedSplit | None = None
         self._texts, self._labels = eval_data.texts, np.asarray(eval_data.labels)
+        self._weights = np.asarray(eval_data.weights)
 
     def initial_state(self) -> TensorDict:
         """θ^0: the seeded LoRA factors and head of the freshly built model."""
@@ -59,13 +60,17 @@ class CentralModel:
 
     def _test_split(self) -> EncodedSplit:
         if self._split is None:  # tokenised once, lazily (off the loop, on first evaluation)
-            texts, labels = self._texts, self._labels
-            cap = self.settings.evaluation.max_samples
+            texts, labels, weights = self._texts, self._labels, self._weights
+            cap = self.settings.evaluation.max_samples  # distinct test items, stratified
             if cap is not None and len(labels) > cap:
                 keep = np.sort(stratified_subsample(labels, cap, self.settings.seed))
-                texts, labels = [texts[i] for i in keep], labels[keep]
+                texts, labels, weights = [texts[i] for i in keep], labels[keep], weights[keep]
             self._split = encode_split(
-                self.bundle.tokenizer, texts, labels, self.settings.model.max_length
+                self.bundle.tokenizer,
+                texts,
+                labels,
+                self.settings.model.max_length,
+                weights=weights,
             )
         return self._split
 
@@ -74,7 +79,8 @@ class CentralModel:
         load_trainable_state(self.bundle.model, state)
         split = self._test_split()
         metrics = evaluate_split(self.bundle, split, self.settings.evaluation.batch_size)
-        return {**metrics, "samples": float(len(split))}
+        flows = float(split.weights.sum()) if split.weights is not None else float(len(split))
+        return {**metrics, "samples": flows, "distinct_samples": float(len(split))}
 
     def wants(self, version: int) -> bool:
         """Whether the cadence asks for evaluating this version."""

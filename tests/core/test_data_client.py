@@ -117,8 +117,59 @@ def test_val_max_caps_the_validation_set() -> None:
 
 
 def test_eval_data_is_the_capped_test_split() -> None:
-    texts, labels, names = load_eval_data(DataSettings(**FAST, test_max=120))  # type: ignore[arg-type]
-    assert (len(texts), len(labels), names) == (120, 120, ("Benign", "Malicious"))
+    test = load_eval_data(DataSettings(**FAST, test_max=120))  # type: ignore[arg-type]
+    assert (test.flows, test.label_names) == (120, ("Benign", "Malicious"))
+
+
+def test_eval_data_counts_each_distinct_item_once_with_its_flows() -> None:
+    test = load_eval_data(DataSettings(**FAST, test_max=120))  # type: ignore[arg-type]
+    items = list(zip(test.captures.tolist(), test.texts, test.labels.tolist(), strict=True))
+    assert len(set(items)) == len(items) < 120
+
+
+def test_capture_split_tests_on_whole_captures_never_trained_on() -> None:
+    data = DataSettings(**{**FAST, "split": "capture", "num_partitions": 1})  # type: ignore[arg-type]
+    prepared = prepare_data(data)
+    caps = prepared.flows.captures
+    train, val, test = (set(caps[rows].tolist()) for rows in prepared.splits.__dict__.values())
+    assert not (train & test) and not (val & test) and not (train & val) and test
+
+
+def test_capture_split_scores_every_flow_of_the_test_captures() -> None:
+    data = DataSettings(**{**FAST, "split": "capture"})  # type: ignore[arg-type]
+    prepared = prepare_data(data)
+    held = set(prepared.flows.captures[prepared.splits.test].tolist())
+    whole, _ = load_flows()
+    assert load_eval_data(data).flows == int(np.isin(whole.captures, list(held)).sum())
+
+
+def test_holdout_captures_are_the_test_split() -> None:
+    holdout = ("CTU-IoT-Malware-Capture-49-1", "CTU-Honeypot-Capture-4-1")
+    data = DataSettings(**{**FAST, "split": "capture", "holdout_captures": holdout})  # type: ignore[arg-type]
+    test = load_eval_data(data)
+    assert set(test.captures.tolist()) == set(holdout)
+
+
+def test_capture_split_clients_never_see_a_test_capture() -> None:
+    data = DataSettings(**{**FAST, "split": "capture"})  # type: ignore[arg-type]
+    held = set(load_eval_data(data).captures.tolist())
+    seen = {
+        c
+        for i in range(data.num_partitions)
+        for c in load_client_data(data.model_copy(update={"partition_index": i})).captures
+    }
+    assert seen and not (seen & held)
+
+
+def test_unknown_holdout_capture_is_refused_with_the_known_names() -> None:
+    data = DataSettings(**{**FAST, "split": "capture", "holdout_captures": ("CTU-nope",)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CTU-nope.*known"):
+        prepare_data(data)
+
+
+def test_holdout_needs_the_capture_split() -> None:
+    with pytest.raises(ValidationError, match="holdout_captures"):
+        DataSettings(holdout_captures=("CTU-Honeypot-Capture-4-1",))
 
 
 def test_partition_index_out_of_range_is_refused() -> None:

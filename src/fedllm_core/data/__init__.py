@@ -12,6 +12,7 @@ from fedllm_core.data.loader import (
     ClientData,
     EvalData,
     PreparedData,
+    distinct_items,
     load_client_data,
     load_eval_data,
     load_flows,
@@ -21,7 +22,13 @@ from fedllm_core.data.loader import (
 )
 from fedllm_core.data.partition import PartitionScheme, partition_indices
 from fedllm_core.data.settings import DataSettings
-from fedllm_core.data.splits import Splits, split_indices, strata_ids, stratified_subsample
+from fedllm_core.data.splits import (
+    Splits,
+    capture_split,
+    split_indices,
+    strata_ids,
+    stratified_subsample,
+)
 from fedllm_core.data.table import FlowTable
 from fedllm_core.data.zeek import LineProblem, LoadReport, ZeekStream, read_flow_file
 
@@ -38,7 +45,9 @@ __all__ = [
     "PreparedData",
     "Splits",
     "Task",
+    "capture_split",
     "ZeekStream",
+    "distinct_items",
     "encode_labels",
     "fine_classes",
     "label_names",

@@ -1,4 +1,4 @@
-"""Seeded, stratified train / validation / test split (70/20/10) and stratified subsampling.
+"""Seeded train / validation / test splits (stratified 70/20/10, or by whole capture).
 
 Rules:
 - Everything is a pure function of (strata, seed): the same inputs give the same indices on
@@ -8,6 +8,8 @@ Rules:
   by-capture partitioner needs for a non-empty local validation set.
 - Per stratum of n rows: train = floor(0.7 n + 0.5), val = floor(0.2 n + 0.5) (capped to what is
   left), test = the rest. So a stratum of 1 row goes to train, of 3 rows to train 2 / val 1.
+- ``capture_split`` keeps every capture whole in one split (the honest test of detection on
+  traffic never seen: a random split of IoT-23 mostly measures memory of each capture).
 - Subsampling (``max_rows``) keeps exactly ``k`` rows, at least one per stratum when k allows,
   the rest in proportion to stratum size (largest remainder). Rare classes thus survive.
 """
@@ -103,4 +105,56 @@ def split_indices(
     train, val, test = (
         np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts
     )
+    return Splits(train=train, val=val, test=test)
+
+
+def capture_kinds(groups: npt.ArrayLike, malicious: npt.ArrayLike) -> dict[str, bool]:
+    """Per capture: whether most of its rows are malicious (its kind, for a balanced split)."""
+    g = np.asarray(groups).astype(str)
+    bad = np.asarray(malicious, dtype=bool)
+    return {name: bool(bad[g == name].mean() >= 0.5) for name in sorted(set(g.tolist()))}
+
+
+def _deal_captures(
+    names: Sequence[str], fractions: Sequence[float], rng: np.random.Generator
+) -> tuple[list[str], list[str], list[str]]:
+    """One kind's captures, shuffled, to (train, val, test) by count; each non-empty when n >= 3."""
+    order = [names[i] for i in rng.permutation(len(names))]
+    n = len(order)
+    n_test = max(1, int(np.floor(fractions[2] * n + 0.5))) if n >= 3 and fractions[2] > 0 else 0
+    n_val = max(1, int(np.floor(fractions[1] * n + 0.5))) if n >= 2 and fractions[1] > 0 else 0
+    n_val = min(n_val, n - n_test - 1) if n > n_test else 0
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def capture_split(
+    groups: npt.ArrayLike,
+    malicious: npt.ArrayLike,
+    seed: int,
+    *,
+    holdout: Sequence[str] = (),
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> Splits:
+    """Whole captures to train / validation / test, so a test flow's capture is never trained on.
+
+    Captures are dealt by count within each kind (mostly benign, mostly malicious), so every
+    split of a seed sees both kinds when there are enough captures; the seed picks which.
+    ``holdout`` names the test captures instead (the rest go to train and validation).
+    """
+    g = np.asarray(groups).astype(str)
+    kinds = capture_kinds(g, malicious)
+    unknown = sorted(set(holdout) - set(kinds))
+    if unknown:
+        raise ValueError(f"holdout captures {unknown} are not in the data; known: {sorted(kinds)}")
+    rng = np.random.default_rng(seed)
+    if holdout:
+        dev_fractions = (fractions[0], fractions[1], 0.0)
+        parts: tuple[list[str], list[str], list[str]] = ([], [], list(holdout))
+    else:
+        dev_fractions, parts = fractions, ([], [], [])
+    for kind in (False, True):
+        names = [name for name, bad in kinds.items() if bad is kind and name not in holdout]
+        for part, dealt in zip(parts, _deal_captures(names, dev_fractions, rng), strict=True):
+            part.extend(dealt)
+    train, val, test = (np.flatnonzero(np.isin(g, part)).astype(np.int64) for part in parts)
     return Splits(train=train, val=val, test=test)
