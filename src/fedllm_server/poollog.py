@@ -112,12 +112,15 @@ def decode_record(payload: bytes | bytearray | memoryview) -> LoggedUpdate:
     return LoggedUpdate(tensors=tensors, **fields)
 
 
-def _frame_header(epoch: int, parts: list[bytes | memoryview]) -> bytes:
-    tag = _EPOCH.pack(epoch)
-    crc = zlib.crc32(tag)
+def _record_crc(epoch: int, parts: list[bytes | memoryview] | list[bytearray]) -> int:
+    crc = zlib.crc32(_EPOCH.pack(epoch))
     for part in parts:
         crc = zlib.crc32(part, crc)
-    return _FRAME.pack(sum(len(part) for part in parts), crc, epoch)
+    return crc
+
+
+def _frame_header(epoch: int, parts: list[bytes | memoryview]) -> bytes:
+    return _FRAME.pack(sum(len(part) for part in parts), _record_crc(epoch, parts), epoch)
 
 
 def _pack_header(version: int, epoch: int) -> bytes:
@@ -153,7 +156,7 @@ def _read_records(fh: io.BufferedIOBase, epoch: int) -> tuple[list[LoggedUpdate]
             return records, end, size - end  # the append ran out of file: torn
         payload = bytearray(length)  # one buffer per record: its tensors are views into it
         fh.readinto(payload)
-        if zlib.crc32(payload, zlib.crc32(_EPOCH.pack(epoch))) != crc:
+        if _record_crc(epoch, [payload]) != crc:
             return records, end, _FRAME.size + length
         records.append(decode_record(payload))
 
@@ -208,8 +211,8 @@ class PoolLog:
         """Start an empty log for ``version`` (after its checkpoint is durable).
 
         One write of the new header (a fresh epoch) and an fsync: from then on every record
-        in the file belongs to an older epoch and is ignored. A file that is missing or not
-        ours is replaced atomically first.
+        in the file belongs to an older epoch and is ignored. A missing file is created
+        (atomically) first; anything else in the file is overwritten or ignored.
         """
         if self._fh is None:
             if not self.path.exists():

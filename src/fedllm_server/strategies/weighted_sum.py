@@ -119,8 +119,10 @@ class WeightedSum:
         return np.empty(shape, dtype=np.float64)
 
     def reset(self) -> None:
-        """Empty the accumulator for the next aggregation, keeping spare sum buffers."""
-        self._spare.update(self._sums)
+        """Empty the accumulator for the next aggregation (keeping the sums as spare storage
+        with ``keep_buffers``)."""
+        if self._keep_buffers:
+            self._spare.update(self._sums)
         self._sums, self._weights = {}, {}
         self.clients, self.raw_weights, self.norms, self.excluded = [], {}, {}, {}
 
