@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -137,6 +137,39 @@ def parse_manifest(raw: Any, limits: Limits) -> tuple[tuple[TensorSpec, ...], in
     if body > limits.max_message_bytes:
         raise remote(ErrorCode.LIMIT_EXCEEDED, f"body {body} B > {limits.max_message_bytes}")
     return specs, body
+
+
+# What an Update header may carry beyond the manifest: 1024 metrics of 256 characters (4-byte
+# UTF-8) plus the other fields.
+_UPDATE_FIELDS_BYTES = 1024 * (4 * 256 + 16) + 4096
+
+
+def limits_for_model(
+    tensors: Mapping[str, np.ndarray], base: Limits | None = None, margin: int = 64 * 1024
+) -> Limits:
+    """``base`` narrowed to what an Update of this model can need (a receiving server's limits).
+
+    Body and dense sizes: the model's raw body plus ``margin`` (lossy encodings of float32 are
+    smaller than raw); tensor count: the model's. Frames and decompressed sizes: the larger of
+    that body and the biggest Update header (manifest plus metrics), so an Update that could
+    not be for this model is refused at its header, before any body byte is received.
+    """
+    base = base or Limits()
+    body = encode_tensors(tensors, Encoding.RAW)  # views of the arrays, nothing copied
+    dense = sum(np.asarray(t).nbytes for t in tensors.values())
+    manifest = len(msgpack.packb([s.to_wire() for s in body.specs]))
+    header = 2 * manifest + _UPDATE_FIELDS_BYTES  # 2x: lossy kinds write larger numbers
+    frame = max(header, body.body_bytes + margin)
+    max_frame = min(base.max_frame_bytes, frame)
+    return replace(
+        base,
+        max_frame_bytes=max_frame,
+        max_decompressed_bytes=min(base.max_decompressed_bytes, frame),
+        max_message_bytes=min(base.max_message_bytes, body.body_bytes + margin),
+        max_tensor_bytes=min(base.max_tensor_bytes, dense + margin),
+        max_tensors=min(base.max_tensors, len(body.specs)),
+        chunk_bytes=min(base.chunk_bytes, max_frame),
+    )
 
 
 def _size(shape: tuple[int, ...]) -> int:

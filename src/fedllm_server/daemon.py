@@ -26,6 +26,7 @@ import structlog
 
 from fedllm_core.errors import CertificateError, ExitCode, FedllmError
 from fedllm_core.systemd import notify, watchdog_interval_s
+from fedllm_proto.codec import limits_for_model
 from fedllm_proto.messages import Update
 from fedllm_proto.tls import RevocationList, server_context
 from fedllm_proto.transport import PreparedMessage, serve
@@ -263,6 +264,7 @@ async def start(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             idle_timeout_s=settings.idle_timeout_s,
             revocation=server.revocation,
+            limits=limits_for_model(server.engine.global_tensors),  # no Update past it
         )
     except OSError as exc:
         raise BindError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
