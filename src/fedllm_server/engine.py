@@ -136,7 +136,12 @@ class Engine:
         """The door's verdict on `update` against the current global model."""
         ref = GlobalRef.from_tensors(self.fingerprint, self.version, self.global_tensors)
         view = UpdateView(
-            client_id, update.update_id, fingerprint, update.base_version, update.tensors
+            client_id,
+            update.update_id,
+            fingerprint,
+            update.base_version,
+            update.tensors,
+            update.sample_count,
         )
         sync = self.pool is None
         return check_update(view, ref, self.validation, self.door, now, sync=sync)

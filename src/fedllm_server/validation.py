@@ -1,10 +1,13 @@
 """Checks at the door: every update is judged here before it touches a round or the GSFS pool.
 
 Rules: the verdict is a `fedllm_proto.messages.RejectCode` or None. Checks run cheapest first
-so a flood costs O(1) per message: fingerprint, sample_count ≥ 1 (as `unexpected`, when the
-caller passes it), future_version, too_stale, replay, rate_limited (one token per update that
-reaches the gate, accepted or not), then the O(model) tensor checks tensor_mismatch,
-non_finite, norm_too_large. An accepted update's id is
+so a flood costs O(1) per message: fingerprint, 1 ≤ sample_count ≤ max_sample_count (as
+`unexpected`: n_i is a FedAvg weight, so an unbounded one is a model replacement),
+future_version, too_stale, replay, rate_limited (one token per update that reaches the gate,
+accepted or not), then the O(model) tensor checks tensor_mismatch, non_finite (naming the
+first tensor holding NaN or inf), norm_too_large. The norm is computed (and carried in the
+verdict, for the logs) whenever the tensor checks ran; it is always finite. An accepted
+update's id is
 remembered (per-client LRU) so a replay is refused. `DoorState` is the only state; it is
 explicit, bounded, serialisable and changed only by `check_update`/`validate_update`. No clock:
 `now` is an argument.
@@ -53,7 +56,7 @@ class UpdateView:
     fingerprint: str  # the fingerprint the client's session was admitted with
     base_version: int
     tensors: Mapping[str, npt.NDArray[Any]]
-    sample_count: int | None = None  # n_i; checked (≥ 1) when given
+    sample_count: int  # n_i, the client's weight in FedAvg/FedOpt (and GSFS with weighting)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,14 @@ def check_version(base: int, current: int, max_staleness: int) -> Verdict | None
     return None
 
 
+def check_sample_count(n: int, cap: int) -> Verdict | None:
+    """n_i in [1, cap]: 0 weighs nothing (or divides by zero), a huge one takes the average."""
+    if not 1 <= n <= cap:
+        # no RejectCode fits better than this one
+        return Verdict(RejectCode.UNEXPECTED, f"sample_count {n} outside [1, {cap}]")
+    return None
+
+
 def check_layout(
     tensors: Mapping[str, npt.NDArray[Any]], specs: Mapping[str, TensorSpec], exact: bool
 ) -> Verdict | None:
@@ -152,9 +163,12 @@ def check_values(tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | None
     """All finite and ‖Δ‖₂ within bound; one BLAS pass, isfinite only when the sum is not."""
     norm = l2_norm(tensors)
     if not math.isfinite(norm):
-        if not all(bool(np.isfinite(a).all()) for a in tensors.values()):
-            return Verdict(RejectCode.NON_FINITE, "NaN or inf in the update")
+        bad = next((k for k, a in tensors.items() if not bool(np.isfinite(a).all())), None)
+        if bad is not None:
+            return Verdict(RejectCode.NON_FINITE, f"tensor {bad!r} holds NaN or inf")
         norm = _norm_without_overflow(tensors)
+    if not math.isfinite(norm):  # cannot happen for finite float32 values; never let it by
+        return Verdict(RejectCode.NON_FINITE, f"‖Δ‖₂ is {norm}")
     if max_norm is not None and norm > max_norm:
         return Verdict(RejectCode.NORM_TOO_LARGE, f"‖Δ‖₂ {norm:.6g} > {max_norm:.6g}", norm)
     return Verdict(None, "", norm)
@@ -200,9 +214,9 @@ def check_update(
     """
     if update.fingerprint != ref.fingerprint:
         return Verdict(RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
-    if update.sample_count is not None and update.sample_count < 1:
-        # n_i = 0 would weigh nothing (or divide by zero); no code fits better than this one
-        return Verdict(RejectCode.UNEXPECTED, f"sample_count {update.sample_count} < 1")
+    bad_count = check_sample_count(update.sample_count, settings.max_sample_count)
+    if bad_count is not None:
+        return bad_count
     staleness = 0 if sync else settings.max_staleness
     early = check_version(update.base_version, ref.version, staleness)
     early = early or _gate(update, settings, door, now)

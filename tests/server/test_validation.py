@@ -24,10 +24,15 @@ SETTINGS = ValidationSettings(max_l2_norm=10.0, max_staleness=2)
 
 
 def view(
-    uid: str = "u1", base: int = 10, fp: str = "fp1", cid: str = "c1", **tensors: np.ndarray
+    uid: str = "u1",
+    base: int = 10,
+    fp: str = "fp1",
+    cid: str = "c1",
+    n: int = 10,
+    **tensors: np.ndarray,
 ) -> UpdateView:
     tensors = tensors or {"a": np.ones((2, 2), np.float32), "b": np.ones(3, np.float32)}
-    return UpdateView(cid, uid, fp, base, tensors)
+    return UpdateView(cid, uid, fp, base, tensors, n)
 
 
 def verdict(
@@ -74,7 +79,7 @@ def test_partial_update_refused_for_sync() -> None:
 
 def test_empty_update_refused() -> None:
     assert (
-        validate_update(UpdateView("c1", "u", "fp1", 10, {}), REF, SETTINGS, DoorState(), 0)
+        validate_update(UpdateView("c1", "u", "fp1", 10, {}, 10), REF, SETTINGS, DoorState(), 0)
         == "tensor_mismatch"
     )
 
@@ -166,6 +171,38 @@ def test_bad_tensors_still_cost_a_token() -> None:
 def test_zero_sample_count_is_unexpected() -> None:
     update = UpdateView("c1", "u1", "fp1", 10, {"b": np.ones(3, np.float32)}, sample_count=0)
     assert verdict(update) == RejectCode.UNEXPECTED
+
+
+@pytest.mark.parametrize("n", [-1, -(2**63), 2**63 - 1, SETTINGS.max_sample_count + 1])
+def test_sample_count_outside_one_to_the_cap_is_unexpected(n: int) -> None:
+    assert verdict(view(n=n)) == RejectCode.UNEXPECTED
+
+
+def test_sample_count_at_the_cap_is_accepted() -> None:
+    assert verdict(view(n=SETTINGS.max_sample_count)) is None
+
+
+def test_sample_count_cap_comes_from_the_settings() -> None:
+    s = ValidationSettings(max_sample_count=50)
+    assert validate_update(view(n=51), REF, s, DoorState(), 0.0) == RejectCode.UNEXPECTED
+
+
+def test_sample_count_is_checked_before_a_rate_limit_token_is_taken() -> None:
+    door, s = DoorState(), ValidationSettings(rate_limit_updates=1)
+    validate_update(view(uid="u1", n=0), REF, s, door, 0.0)
+    assert validate_update(view(uid="u2"), REF, s, door, 0.0) is None
+
+
+def test_non_finite_reject_names_the_tensor() -> None:
+    update = view(a=np.ones((2, 2), np.float32), b=np.array([0, np.nan, 0], np.float32))
+    detail = check_update(update, REF, SETTINGS, DoorState(), 0.0).detail
+    assert "'b'" in detail
+
+
+def test_norm_of_huge_finite_values_is_finite_and_exact() -> None:
+    update = view(a=np.full((2, 2), 1e30, np.float32), b=np.zeros(3, np.float32))
+    got = check_update(update, REF, ValidationSettings(), DoorState(), 0.0)
+    assert got.norm == pytest.approx(2e30, rel=1e-6)
 
 
 def test_fingerprint_checked_before_version() -> None:

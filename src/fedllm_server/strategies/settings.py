@@ -84,3 +84,7 @@ class ValidationSettings(FrozenSettings):
     rate_limit_updates: int = Field(default=30, ge=1, description="bucket capacity")
     rate_limit_window_s: float = Field(default=60.0, gt=0, description="full refill time")
     replay_memory: int = Field(default=4096, ge=1, description="ids kept per client")
+    # n_i is a weight: an update claiming more samples than this is refused (`unexpected`), so
+    # one client can outweigh the others at most cap : Σ n_others. Set it near the largest
+    # honest local training set.
+    max_sample_count: int = Field(default=1_000_000, ge=1, description="largest n_i accepted")
