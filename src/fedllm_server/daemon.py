@@ -113,7 +113,13 @@ class Server:
         self.wake.set()
 
     def record_update(
-        self, session: ClientSession, update: Update, outcome: str, code: str | None, nbytes: int
+        self,
+        session: ClientSession,
+        update: Update,
+        outcome: str,
+        code: str | None,
+        nbytes: int,
+        norm: float | None = None,
     ) -> None:
         self.metrics.write(
             "update",
@@ -128,6 +134,7 @@ class Server:
             sample_count=update.sample_count,
             global_version=self.engine.version,
             client_metrics=dict(update.metrics),
+            norm=norm,  # the door's ‖Δ‖₂; null only when the tensor checks did not run
         )
 
     def request_stop(self, reason: str) -> None:

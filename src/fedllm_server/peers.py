@@ -200,12 +200,15 @@ async def _on_update(server: Server, session: ClientSession, update: Update) -> 
     if verdict.code is not None:
         if rounds is not None:
             rounds.withdraw(cid)
-        await _rejected(server, session, update, RejectCode(verdict.code.value), verdict.detail)
+        code = RejectCode(verdict.code.value)
+        await _rejected(server, session, update, code, verdict.detail, norm=verdict.norm)
         return
-    _accepted(server, session, update)
+    _accepted(server, session, update, verdict.norm)
 
 
-def _accepted(server: Server, session: ClientSession, update: Update) -> None:
+def _accepted(
+    server: Server, session: ClientSession, update: Update, norm: float | None = None
+) -> None:
     nbytes = sum(int(t.nbytes) for t in update.tensors.values())
     stats = session.stats
     stats.accepted += 1
@@ -221,8 +224,9 @@ def _accepted(server: Server, session: ClientSession, update: Update) -> None:
         model_version=server.engine.version,
         trigger=str(update.trigger),
         bytes=nbytes,
+        norm=norm,
     )
-    server.record_update(session, update, "accepted", None, nbytes)
+    server.record_update(session, update, "accepted", None, nbytes, norm)
     server.wake.set()
 
 
@@ -234,6 +238,7 @@ async def _rejected(
     detail: str,
     *,
     blame: bool = True,
+    norm: float | None = None,
 ) -> None:
     """Reject ``update``; with ``blame`` it counts toward disconnecting a misbehaving client."""
     nbytes = sum(int(t.nbytes) for t in update.tensors.values())
@@ -251,8 +256,9 @@ async def _rejected(
         code=str(code),
         detail=detail,
         consecutive=stats.consecutive_rejects,
+        norm=norm,
     )
-    server.record_update(session, update, "rejected", str(code), nbytes)
+    server.record_update(session, update, "rejected", str(code), nbytes, norm)
     session.offer(Reject(update.update_id, code, detail))
     if stats.consecutive_rejects >= server.settings.max_rejects:
         log.warning(
