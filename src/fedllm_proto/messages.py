@@ -47,6 +47,20 @@ class RejectCode(StrEnum):
     UNEXPECTED = "unexpected"  # e.g. an update for a round that is not running
 
 
+class ByeCode(StrEnum):
+    """Why a side said Bye: what the other side should do next (docs/protocol.md, BYE)."""
+
+    UNSPECIFIED = "unspecified"  # no code given (older peers); also any code we do not know
+    SHUTDOWN = "shutdown"  # the sender stops (a client told to stop)
+    RESTARTING = "restarting"  # the server goes away and comes back: reconnect with backoff
+    FINISHED = "finished"  # the federation is complete: nothing more to do, do not reconnect
+    REVOKED = "revoked"  # the receiver's certificate is revoked: reconnecting cannot help
+    REFUSED = "refused"  # the receiver may not join (e.g. fingerprint): reconnecting cannot help
+
+
+_BYE_CODES = frozenset(ByeCode)
+
+
 class InvalidMessage(LocalProtocolError, ValueError):
     """A message field is invalid; raised by the constructors."""
 
@@ -260,10 +274,15 @@ class Error(_Base):
 @dataclass(frozen=True, slots=True)
 class Bye(_Base):
     TYPE: ClassVar[FrameType] = FrameType.BYE
-    reason: str = ""
+    reason: str = ""  # human-readable
+    code: ByeCode = ByeCode.UNSPECIFIED
 
     def __post_init__(self) -> None:
         _str("reason", self.reason, MAX_TEXT)
+        _str("code", self.code)
+        # A code added by a newer peer must not make its Bye unreadable: it reads as
+        # "unspecified", which a client treats as "reconnect later" (the safe default).
+        _set(self, "code", ByeCode(self.code) if self.code in _BYE_CODES else ByeCode.UNSPECIFIED)
 
 
 Message = (

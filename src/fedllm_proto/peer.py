@@ -17,9 +17,10 @@ from typing import Any, cast
 
 import structlog
 
+from fedllm_proto import tls
 from fedllm_proto.connection import Connection, ConnectionClosed
 from fedllm_proto.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from fedllm_proto.messages import Bye, Error, Message
+from fedllm_proto.messages import Bye, ByeCode, Error, Message
 from fedllm_proto.states import State
 from fedllm_proto.wire import Buffer, EncodedMessage
 
@@ -33,10 +34,19 @@ WRITE_SLICE = 1 << 20  # largest single transport.write (see WireProtocol.write)
 class PeerClosed(Exception):
     """The peer said Bye, sent an Error frame, or closed the connection."""
 
-    def __init__(self, reason: str, error: Error | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        error: Error | None = None,
+        *,
+        bye: Bye | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error  # the peer's Error message, when that is how it ended
+        self.bye = bye  # the peer's Bye (its code says why), when that is how it ended
+        self.cause = cause  # what broke the connection (e.g. a TLS alert), when known
 
 
 _Item = Message | BaseException
@@ -96,7 +106,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._dead = True
         self._can_write.set()
         if not self.inbox or not isinstance(self.inbox[-1], BaseException):
-            self._push(PeerClosed(f"connection lost: {exc or 'closed'}"))
+            self._push(PeerClosed(f"connection lost: {exc or 'closed'}", cause=exc))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -113,7 +123,7 @@ class WireProtocol(asyncio.BufferedProtocol):
             except ProtocolError:
                 return  # raised again by the caller's receive step
             if isinstance(event, Bye):
-                self._push(PeerClosed(f"bye: {event.reason}"))
+                self._push(PeerClosed(f"bye: {event.reason}", bye=event))
             elif isinstance(event, Error):
                 self._push(PeerClosed(f"error {event.code.name}: {event.detail}", event))
             elif isinstance(event, ConnectionClosed):
@@ -237,6 +247,13 @@ class Peer:
     def connection(self) -> Connection:
         return self._conn
 
+    @property
+    def certificate_serial(self) -> int | None:
+        """Serial of the peer's verified certificate (None on plain TCP): the revocation key."""
+        transport = self._proto.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        return tls.peer_serial(ssl_object) if ssl_object is not None else None
+
     async def send(self, msg: Message) -> None:
         async with self._lock:
             self._check_sendable()
@@ -270,24 +287,27 @@ class Peer:
                 raise item
             return item
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", code: ByeCode = ByeCode.UNSPECIFIED) -> None:
         """Send Bye (if the conversation is still open) and close the connection.
+
+        ``code`` tells the peer why (restarting, finished, revoked, ...); the first call's wins.
 
         Returns once what we still had buffered has gone out (bounded by CLOSE_FLUSH_S). Safe
         to call more than once and from several tasks: later calls wait for the first close
         instead of returning while it is still flushing.
         """
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close(reason))
+            self._closing = asyncio.ensure_future(self._close(reason, code))
         await asyncio.shield(self._closing)
 
-    async def _close(self, reason: str) -> None:
+    async def _close(self, reason: str, code: ByeCode) -> None:
         transport = self._proto.transport
         try:
             async with asyncio.timeout(5.0):
                 async with self._lock:
                     if self._conn.state not in (State.CLOSED, State.ERROR, State.IDLE):
-                        await self._write(self._conn.send_buffers(Bye(reason[:4096]), _now()))
+                        bye = Bye(reason[:4096], code)
+                        await self._write(self._conn.send_buffers(bye, _now()))
         except (PeerClosed, TimeoutError, OSError, LocalProtocolError):
             pass
         self._timer.cancel()
