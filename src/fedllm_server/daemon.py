@@ -4,7 +4,10 @@ Lifecycle: build the central model (θ^0, fingerprint, test split) -> restore th
 checkpoint and replay the pool log -> encode the current global model -> listen (mutual TLS
 unless `insecure`) -> READY=1 -> serve until SIGTERM/SIGINT or `stop_after_versions` ->
 STOPPING=1 -> finish the aggregation in flight (its checkpoint included), write pending
-reports, flush outboxes, Bye to every client -> exit 0. SIGHUP reloads the revocation list.
+reports, flush outboxes, Bye to every client -> exit 0. The Bye says why: `finished` when
+`stop_after_versions` was reached (clients exit), `restarting` otherwise (SIGTERM/SIGINT, a
+failed task: clients reconnect with backoff). SIGHUP reloads the revocation list and sends
+Bye `revoked` to every connected client whose certificate is now on it.
 Threads: one engine thread (validation, log, aggregation, checkpoint) and one evaluation
 thread; the event loop only moves bytes and makes decisions.
 """
@@ -27,7 +30,7 @@ import structlog
 from fedllm_core.errors import CertificateError, ExitCode, FedllmError
 from fedllm_core.systemd import notify, watchdog_interval_s
 from fedllm_proto.codec import limits_for_model
-from fedllm_proto.messages import Update
+from fedllm_proto.messages import ByeCode, Update
 from fedllm_proto.tls import RevocationList, server_context
 from fedllm_proto.transport import PreparedMessage, serve
 from fedllm_server import driver, peers
@@ -77,7 +80,9 @@ class Server:
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.stop_reason = ""
+        self.stop_code = ByeCode.RESTARTING  # what the Bye tells clients: come back, or not
         self.revocation: RevocationList | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being expelled (revoked)
         self.failed = False
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
@@ -137,12 +142,15 @@ class Server:
             norm=norm,  # the door's ‖Δ‖₂; null only when the tensor checks did not run
         )
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, code: ByeCode = ByeCode.RESTARTING) -> None:
+        """Stop serving; ``code`` is what every client's Bye says (``finished``: do not return)."""
         if not self.stopping.is_set():
-            self.stop_reason = reason
+            self.stop_reason, self.stop_code = reason, code
             self.stopping.set()  # before logging: a broken log pipe must not block the stop
             self.wake.set()
-            log.info("server_stopping", reason=reason, model_version=self.engine.version)
+            log.info(
+                "server_stopping", reason=reason, bye=code.value, model_version=self.engine.version
+            )
 
     # ------------------------------------------------------------------ start-up
 
@@ -196,6 +204,22 @@ class Server:
             log.error("revocation_reload_failed", error=str(exc))
             return
         log.info("revocation_reloaded", revoked=count)
+        self.expel_revoked()
+
+    def expel_revoked(self) -> None:
+        """Connected clients whose certificate is now revoked get Bye `revoked` and are dropped
+        (the transport's deny-list only guards new connections)."""
+        revocation = self.revocation
+        assert revocation is not None
+        for session in list(self.sessions.values()):
+            serial = session.peer.certificate_serial
+            if serial is not None and revocation.is_serial_revoked(serial):
+                log.warning("client_revoked", client_id=session.client_id, serial=hex(serial))
+                task = asyncio.get_running_loop().create_task(
+                    farewell(session, "certificate revoked", ByeCode.REVOKED, flush_s=0.0)
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -212,7 +236,7 @@ class Server:
             await report_task
         sessions = list(self.sessions.values())
         await asyncio.gather(
-            *(s.close(self.stop_reason, flush_s=FLUSH_ON_STOP_S) for s in sessions),
+            *(farewell(s, self.stop_reason, self.stop_code, FLUSH_ON_STOP_S) for s in sessions),
             return_exceptions=True,
         )
         await self.engine_call(self.engine.close)
@@ -225,7 +249,21 @@ class Server:
             reason=self.stop_reason,
             model_version=self.engine.version,
             clients_said_bye=len(sessions),
+            bye=self.stop_code.value,
         )
+
+
+async def farewell(session: ClientSession, reason: str, code: ByeCode, flush_s: float) -> None:
+    """Flush what is queued (bounded), then say Bye with ``code`` and close the session.
+
+    The Bye goes out on the peer first, while the session's writer idles between messages
+    (the peer's write lock keeps it from ever splitting one); the session's own close then
+    finds the conversation ended and only stops its writer."""
+    if flush_s > 0:
+        await session.flush(flush_s)
+    with contextlib.suppress(Exception):
+        await session.peer.close(reason, code)
+    await session.close(reason)
 
 
 def _rng(seed: int, version: int) -> random.Random:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fedllm_proto.messages import TrainRequest
+from fedllm_proto.messages import ByeCode, TrainRequest
 from fedllm_server.broadcast import FanOut, encode_global, fan_out
 from fedllm_server.coordinator import CloseRound, StartRound
 from fedllm_server.engine import Aggregated
@@ -172,7 +172,7 @@ async def publish(
     server.reports.put_nowait(Published(agg, fan, trigger, to_quorum_s, aggregation_s, time.time()))
     stop_at = server.settings.stop_after_versions
     if stop_at is not None and agg.version >= stop_at:
-        server.request_stop("stop_after_versions")
+        server.request_stop("stop_after_versions", ByeCode.FINISHED)  # clients exit
 
 
 async def report(server: Server) -> None:

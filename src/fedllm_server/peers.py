@@ -1,7 +1,8 @@
 """One task per connection: handshake, then read the client's messages until it goes away.
 
 Rules: the handshake is Hello -> (fingerprint check) -> Welcome -> current GlobalModel; a wrong
-fingerprint gets `Reject(fingerprint_mismatch)` and the connection is closed. The client id is
+fingerprint gets `Reject(fingerprint_mismatch)` and Bye `refused`; a Hello while the server
+stops gets a Bye with the stop's code (`restarting` or `finished`). The client id is
 the certificate's CN (the transport's `peer_id`); only in insecure mode does Hello's
 `client_name` name the client. A second connection with the same id replaces the first: the
 old session is closed (`replaced`) before the new one is registered. Updates are judged and
@@ -23,6 +24,7 @@ from fedllm_proto.messages import (
     PROTOCOL_VERSIONS,
     Ack,
     Bye,
+    ByeCode,
     Error,
     Hello,
     Reject,
@@ -81,10 +83,11 @@ async def _handshake(server: Server, peer: Peer) -> ClientSession | None:
             ours=server.fingerprint[:16],
         )
         reject = Reject("", RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
-        await _refuse(peer, reject)
+        await _refuse(peer, reject, ByeCode.REFUSED)
         return None
     if server.stopping.is_set():
-        await _refuse(peer, Error(ErrorCode.SHUTTING_DOWN, "server is shutting down"))
+        # the Bye says whether to come back (restarting) or not (finished)
+        await _close(peer, "server is shutting down", server.stop_code)
         return None
     return await _admit(server, peer, hello, client_id)
 
@@ -275,12 +278,12 @@ async def _unregister(server: Server, session: ClientSession) -> None:
     await session.close(session.close_reason or "disconnected")
 
 
-async def _refuse(peer: Peer, msg: Error | Reject) -> None:
+async def _refuse(peer: Peer, msg: Error | Reject, code: ByeCode = ByeCode.UNSPECIFIED) -> None:
     with contextlib.suppress(Exception):
         await peer.send(msg)
-    await _close(peer, getattr(msg, "detail", ""))
+    await _close(peer, getattr(msg, "detail", ""), code)
 
 
-async def _close(peer: Peer, reason: str) -> None:
+async def _close(peer: Peer, reason: str, code: ByeCode = ByeCode.UNSPECIFIED) -> None:
     with contextlib.suppress(Exception):
-        await peer.close(reason)
+        await peer.close(reason, code)
