@@ -6,8 +6,10 @@ restored (not after the first handshake: an edge host must come up while the ser
 and systemd's start timeout must not turn a server outage into a restart loop). WATCHDOG=1 is
 pinged from the event loop, so a stalled loop is what the watchdog catches. SIGTERM/SIGINT set
 the stop event: the session persists, says Bye, and the daemon runs final_eval and exits 0. A
-lost connection is retried with exponential backoff + jitter; a server Bye ends the daemon
-(``on_server_bye = "exit"``) or is treated like a lost connection (``"reconnect"``).
+lost connection is retried with exponential backoff + jitter. The server's Bye code decides
+the rest: ``finished`` ends the daemon (exit 0, with ``on_server_bye = "exit"``), ``revoked``
+/ ``refused`` end it with exit 78 (as does a TLS refusal of our certificate; a server
+certificate we reject: 77), anything else (``restarting``, no code) is a lost connection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ssl
 import structlog
 
 from fedllm_client.backoff import Backoff
+from fedllm_client.refusal import Refused, ServerCertificateRejected, bye_refusal, tls_refusal
 from fedllm_client.runtime import ClientRuntime
 from fedllm_client.session import Session
 from fedllm_client.settings import ClientSettings
@@ -27,6 +30,7 @@ from fedllm_client.trainer import WorkerThread
 from fedllm_core import systemd
 from fedllm_core.errors import ExitCode, FedllmError
 from fedllm_proto.errors import RemoteProtocolError
+from fedllm_proto.messages import Bye, ByeCode
 from fedllm_proto.tls import client_context
 from fedllm_proto.transport import PeerClosed, connect
 
@@ -69,7 +73,11 @@ class ClientDaemon:
             self.runtime = await self.worker.run(ClientRuntime.open, self.settings)
             systemd.notify("READY=1\nSTATUS=connecting")
             log.info("client_started", state_dir=str(self.settings.state_dir))
-            reason = await self._serve(ctx)
+            try:
+                reason = await self._serve(ctx)
+            except (Refused, ServerCertificateRejected) as exc:
+                await self._refused(exc)
+                raise
             await self._finish(reason)
             return 0
         finally:
@@ -90,15 +98,23 @@ class ClientDaemon:
     async def _serve(self, ctx: ssl.SSLContext | None) -> str:
         """Sessions until the server says Bye (exit mode) or we are told to stop."""
         while not self.stop.is_set():
-            reason = await self._one_session(ctx)
-            if reason == "stopped" or (reason == "bye" and self.settings.on_server_bye == "exit"):
+            reason, bye = await self._one_session(ctx)
+            if reason == "stopped" or (bye is not None and self._ends_with(bye)):
                 return reason
             if self.backoff.exhausted():
                 raise GaveUp(f"server unreachable after {self.backoff.failures} attempts")
             await self._sleep(self.backoff.next_delay())
         return "stopped"
 
-    async def _one_session(self, ctx: ssl.SSLContext | None) -> str:
+    def _ends_with(self, bye: Bye) -> bool:
+        """Whether the server's Bye ends the daemon (True) or is a connection to re-open."""
+        refusal = bye_refusal(bye)
+        if refusal is not None:
+            raise refusal
+        return bye.code is ByeCode.FINISHED and self.settings.on_server_bye == "exit"
+
+    async def _one_session(self, ctx: ssl.SSLContext | None) -> tuple[str, Bye | None]:
+        """One connection: how it ended, and the server's Bye if it said one."""
         assert self.runtime is not None
         server = self.settings.server
         log.info(
@@ -112,25 +128,37 @@ class ClientDaemon:
                 timeout=CONNECT_TIMEOUT_S,
             )
         except CONNECTION_ERRORS as exc:
+            _raise_if_refused(exc)
             log.warning("connect_failed", error=_describe(exc))
-            return "lost"
+            return "lost", None
         session = Session(peer, self.runtime, self.worker, self.stop)
         try:
             reason = await session.run()
         except CONNECTION_ERRORS as exc:
+            _raise_if_refused(exc)
             log.warning("session_lost", error=_describe(exc))
             reason = "lost"
         finally:
             if session.welcome is not None:
                 self.backoff.reset()  # it was up: start the delays from the beginning
             await _close_quietly(peer)
-        systemd.notify(f"STATUS={reason}")
-        return reason
+        status = f"bye ({session.bye.code.value})" if session.bye is not None else reason
+        systemd.notify(f"STATUS={status}")
+        return reason, session.bye
 
     async def _sleep(self, delay: float) -> None:
         log.info("reconnect_wait", delay_s=round(delay, 3))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), timeout=delay)
+
+    async def _refused(self, exc: Refused | ServerCertificateRejected) -> None:
+        """One clear event (and the state saved, a ``stop`` record) before exiting 77/78."""
+        log.error("client_refused", why=exc.why, detail=str(exc), exit_code=int(exc.exit_code))
+        systemd.notify(f"STATUS=refused: {exc.why}")
+        rt = self.runtime
+        assert rt is not None
+        await self.worker.run(rt.persist)
+        rt.close("refused")
 
     async def _finish(self, reason: str) -> None:
         rt = self.runtime
@@ -156,6 +184,13 @@ async def _close_quietly(peer: object) -> None:
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(close("reconnect"), timeout=2.0)
+
+
+def _raise_if_refused(exc: BaseException) -> None:
+    """A TLS failure that no retry can fix (our certificate refused, theirs rejected)."""
+    refusal = tls_refusal(exc)
+    if refusal is not None:
+        raise refusal from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,8 +4,9 @@ Rules: a reader task owns ``peer.recv()`` for the whole session (the transport a
 heartbeats inside it, so it never waits on training); it parks the newest GlobalModel in
 ``pending`` and queues TrainRequests. The work loop runs model work on the worker thread in
 chunks and swaps a pending global model in between chunks. The session returns how it ended
-(``"bye"`` or ``"stopped"``); a lost connection raises (PeerClosed, ProtocolError, OSError) and
-the daemon reconnects. A handshake refusal is fatal: retrying cannot fix a fingerprint.
+(``"bye"``, with the server's Bye kept in ``bye``, or ``"stopped"``); a lost connection raises
+(PeerClosed, ProtocolError, OSError) and the daemon reconnects. A refusal is fatal (``Refused``,
+refusal.py): retrying cannot fix a fingerprint or a revoked certificate.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 import structlog
 
+from fedllm_client.refusal import HandshakeRefused, Refused, tls_refusal
 from fedllm_client.runtime import ClientRuntime, PendingUpload
 from fedllm_client.trainer import WorkerThread
-from fedllm_core.errors import ExitCode, FedllmError
 from fedllm_proto.errors import ErrorCode, LocalProtocolError
 from fedllm_proto.messages import (
     Ack,
     Bye,
+    ByeCode,
     Error,
     GlobalModel,
     Heartbeat,
@@ -37,19 +39,20 @@ from fedllm_proto.transport import Peer, PeerClosed
 
 log = structlog.get_logger("fedllm.client")
 SYNC_STRATEGIES = ("fedavg", "fedopt")
-# Errors at the handshake that a retry cannot fix (a wrong fingerprint comes as a Reject).
 SEND_GRACE_S = 30.0  # how long a stop waits for an upload in flight to finish
+# Errors that a retry cannot fix (a wrong fingerprint comes as a Reject).
 FATAL_ERRORS = (ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNAUTHORIZED)
 
 
-class HandshakeRefused(FedllmError):
-    """The server refused this client (e.g. model fingerprint mismatch): not worth retrying."""
-
-    exit_code = ExitCode.CONFIG
+__all__ = ["HandshakeRefused", "ServerBye", "Session"]
 
 
 class ServerBye(Exception):
-    """The server said Bye (reason kept)."""
+    """The server said Bye; ``bye.code`` says why (restarting, finished, revoked, ...)."""
+
+    def __init__(self, bye: Bye) -> None:
+        super().__init__(f"{bye.code.value}: {bye.reason}")
+        self.bye = bye
 
 
 class Session:
@@ -64,12 +67,18 @@ class Session:
         self._bytes_mark = 0
         self._send_lock = asyncio.Lock()
         self._unapplied: list[int] = []  # versions received since a global was last taken
+        self.bye: Bye | None = None  # the server's Bye, when that is how the session ended
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
         """Handshake and serve; returns "bye" or "stopped", raises on a lost connection."""
-        self.welcome = await self._handshake()
-        work = self._sync_loop() if self.welcome.strategy in SYNC_STRATEGIES else self._gsfs_loop()
+        try:
+            welcome = self.welcome = await self._handshake()
+        except ServerBye as said:  # e.g. the server is stopping: its code says for how long
+            self.bye = said.bye
+            return "bye"
+        gsfs = welcome.strategy not in SYNC_STRATEGIES
+        work = self._gsfs_loop() if gsfs else self._sync_loop()
         reader = asyncio.create_task(self._read(), name="reader")
         tasks = {
             reader,
@@ -87,12 +96,12 @@ class Session:
             await self._cancel(tasks)
         finished = _most_telling(done)
         if finished.get_name() == "stop":
-            await self._leave("shutdown")
+            await self._leave("shutdown", ByeCode.SHUTDOWN)
             return "stopped"
         exc = finished.exception()
         if isinstance(exc, ServerBye):
-            assert self.welcome is not None
-            await self._apply_pending(gsfs=self.welcome.strategy not in SYNC_STRATEGIES)
+            self.bye = exc.bye
+            await self._apply_pending(gsfs=gsfs)
             return "bye"
         if exc is not None:
             raise exc
@@ -112,8 +121,7 @@ class Session:
         try:
             reply = await self.peer.recv()
         except PeerClosed as exc:
-            if exc.error is not None and exc.error.code in FATAL_ERRORS:
-                raise HandshakeRefused(f"server refused the handshake: {exc.reason}") from exc
+            _raise_if_refused(exc)
             raise
         if isinstance(reply, Reject):
             raise HandshakeRefused(f"server refused the handshake: {reply.code}: {reply.detail}")
@@ -141,10 +149,10 @@ class Session:
         self._bytes_mark = self.peer.bytes_received
         return reply
 
-    async def _leave(self, reason: str) -> None:
+    async def _leave(self, reason: str, code: ByeCode) -> None:
         await self.worker.run(self.rt.persist)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.peer.close(reason), timeout=5.0)
+            await asyncio.wait_for(self.peer.close(reason, code), timeout=5.0)
 
     async def _keepalive(self) -> None:
         """A heartbeat whenever nothing was sent for one heartbeat period.
@@ -167,9 +175,7 @@ class Session:
             try:
                 msg = await self.peer.recv()
             except PeerClosed as exc:
-                if _said_bye(exc):
-                    log.info("server_bye", reason=str(exc))
-                    raise ServerBye(str(exc)) from exc
+                _raise_if_refused(exc)
                 raise
             self._count_down()
             self._dispatch(msg)
@@ -198,8 +204,8 @@ class Session:
             log.warning(
                 "update_rejected", update_id=msg.update_id, code=msg.code.value, detail=msg.detail
             )
-        elif isinstance(msg, Bye):
-            raise ServerBye(msg.reason)
+        elif isinstance(msg, Bye):  # pragma: no cover - the transport raises PeerClosed instead
+            raise ServerBye(msg)
         elif isinstance(msg, Error):
             log.error("server_error", code=msg.code.name, detail=msg.detail)
         else:
@@ -310,13 +316,27 @@ def _exception(tasks: set[asyncio.Task[Any]]) -> BaseException | None:
 
 
 def _most_telling(done: set[asyncio.Task[Any]]) -> asyncio.Task[Any]:
-    """Of the finished tasks, the one that explains the end: a server Bye first, then stop."""
-    for task in done:
-        if not task.cancelled() and isinstance(task.exception(), ServerBye):
-            return task
-    return sorted(done, key=lambda t: t.get_name() != "stop")[0]
+    """Of the finished tasks, the one that explains the end: a server Bye or a refusal first,
+    then stop, then whatever else failed."""
+
+    def rank(task: asyncio.Task[Any]) -> int:
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, ServerBye | Refused):
+            return 0
+        return 1 if task.get_name() == "stop" else 2
+
+    return min(done, key=rank)
 
 
-def _said_bye(exc: PeerClosed) -> bool:
-    """PeerClosed after a Bye frame (the transport's reason "bye: ..."), not EOF or a reset."""
-    return exc.reason.startswith("bye:")
+def _raise_if_refused(exc: PeerClosed) -> None:
+    """Turn the ends that are not a plain lost connection into their own exceptions: a Bye
+    (ServerBye, its code decides what next), a fatal Error, a TLS refusal (Refused)."""
+    if exc.bye is not None:
+        log.info("server_bye", code=exc.bye.code.value, reason=exc.bye.reason)
+        raise ServerBye(exc.bye) from exc
+    if exc.error is not None and exc.error.code in FATAL_ERRORS:
+        why = exc.error.code.name.lower()
+        raise HandshakeRefused(f"server refused this client: {exc.reason}", why) from exc
+    refusal = tls_refusal(exc)
+    if refusal is not None:
+        raise refusal from exc

@@ -90,7 +90,9 @@ class ClientSettings(FrozenSettings):
     max_total_steps: int = Field(
         default=1000, ge=1
     )  # local optimizer steps budget (all strategies)
-    on_server_bye: Literal["exit", "reconnect"] = "exit"  # exit: final_eval, persist, exit 0
+    # exit: a Bye `finished` ends the daemon (final_eval, persist, exit 0); reconnect: every Bye
+    # is a lost link. Either way a restarting server is reconnected to, revoked/refused exit 78.
+    on_server_bye: Literal["exit", "reconnect"] = "exit"
     trainer: Literal["lora", "synthetic"] = "lora"
     synthetic: SyntheticSettings = _default(SyntheticSettings)
     reset_optimizer_on_global: bool = True  # fresh optimizer moments from each global model

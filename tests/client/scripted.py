@@ -17,6 +17,7 @@ import numpy as np
 
 from fedllm_proto.messages import (
     Ack,
+    ByeCode,
     GlobalModel,
     Hello,
     TrainRequest,
@@ -33,9 +34,11 @@ class Scripted:
     strategy: str
     theta: TensorDict
     quorum: int = 2  # GSFS: distinct clients per aggregation; FedAvg: clients per round
-    stop_after: int = 2  # versions; then every client gets Bye("done")
+    stop_after: int = 2  # versions; then every client gets Bye("done", finished)
     local_steps: int = 5
     bye_after_hello: bool = False  # welcome, global model, Bye: a server that ends the run
+    # what each Bye says, one per connection in turn (the last one repeats)
+    byes: list[ByeCode] = field(default_factory=lambda: [ByeCode.FINISHED])
     version: int = 0
     hellos: list[Hello] = field(default_factory=list)
     updates: list[tuple[str, Update]] = field(default_factory=list)
@@ -69,7 +72,7 @@ class Scripted:
         await peer.send(GlobalModel(self.version, self.theta))
         self.peers[cid] = peer
         if self.bye_after_hello:
-            await peer.close("done")
+            await peer.close("done", self._next_bye())
             return
         if self.strategy == "fedavg" and len(self.peers) >= self.quorum:
             await self._request_round()
@@ -78,6 +81,9 @@ class Scripted:
                 msg = await peer.recv()
                 if isinstance(msg, Update):
                     await self._on_update(cid, peer, msg)
+
+    def _next_bye(self) -> ByeCode:
+        return self.byes.pop(0) if len(self.byes) > 1 else self.byes[0]
 
     async def _on_update(self, cid: str, peer: Peer, update: Update) -> None:
         self.updates.append((cid, update))
@@ -114,5 +120,5 @@ class Scripted:
         for peer in list(self.peers.values()):
             with contextlib.suppress(PeerClosed, ConnectionError):
                 await peer.send(GlobalModel(self.version, self.theta))
-                await peer.close("done")
+                await peer.close("done", self._next_bye())
         self.done.set()

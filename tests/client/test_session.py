@@ -11,9 +11,11 @@ import pytest
 
 from fedllm_client.daemon import ClientDaemon
 from fedllm_client.metrics_log import read_metrics
+from fedllm_client.refusal import Refused
 from fedllm_client.session import HandshakeRefused
 from fedllm_client.settings import ClientSettings
 from fedllm_core.model import build_model, trainable_state
+from fedllm_proto.messages import ByeCode
 
 from .conftest import tiny_settings
 from .scripted import Scripted
@@ -126,6 +128,37 @@ def test_client_reconnects_with_backoff_when_the_server_comes_back(
 
     hellos, code = asyncio.run(main())
     assert (code, len(hellos) >= 2, hellos[-1].last_global_version) == (0, True, 0)
+
+
+def test_bye_restarting_reconnects_and_only_bye_finished_ends_the_client(
+    pki: Any, tmp_path: Path
+) -> None:
+    async def main() -> tuple[Scripted, int]:
+        theta = _initial_theta(tiny_settings(tmp_path / "p"))
+        restarting = [ByeCode.RESTARTING, ByeCode.UNSPECIFIED, ByeCode.FINISHED]
+        server = Scripted("gsfs", theta, bye_after_hello=True, byes=restarting)
+        port = await server.start(pki.server_context())
+        client = _client(pki, tmp_path, "client-1", 0, port, max_total_steps=30)
+        return server, await asyncio.wait_for(ClientDaemon(client).run(), timeout=120)
+
+    server, code = asyncio.run(main())
+    assert (code, len(server.hellos)) == (0, 3)
+
+
+def test_bye_revoked_exits_78_with_a_refusal_recorded(pki: Any, tmp_path: Path) -> None:
+    made: list[ClientSettings] = []
+
+    async def main() -> None:
+        theta = _initial_theta(tiny_settings(tmp_path / "p"))
+        server = Scripted("gsfs", theta, bye_after_hello=True, byes=[ByeCode.REVOKED])
+        port = await server.start(pki.server_context())
+        made.append(_client(pki, tmp_path, "client-1", 0, port, max_total_steps=30))
+        await asyncio.wait_for(ClientDaemon(made[0]).run(), timeout=120)
+
+    with pytest.raises(Refused) as refused:
+        asyncio.run(main())
+    stops = [r["reason"] for r in _events(made[0], "stop")]
+    assert (refused.value.exit_code, refused.value.why, stops) == (78, "bye_revoked", ["refused"])
 
 
 def test_insecure_mode_names_itself_in_hello_over_plain_tcp(tmp_path: Path) -> None:
