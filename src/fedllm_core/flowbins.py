@@ -84,7 +84,7 @@ def log2_bin(value: float) -> int:
         return -1
     if value <= 0:
         return 0
-    return max(int(math.floor(math.log2(value))), 0) + 1
+    return max(math.floor(math.log2(value)), 0) + 1
 
 
 def _scaled(value: int) -> str:
@@ -95,7 +95,7 @@ def _scaled(value: int) -> str:
 
 
 def count_bin(value: float) -> str:
-    """A count as the lower bound of its log2 bin: ``0``, ``1``, ``2``, ``4``, ... ``1k``, ``2k``."""
+    """A count as the lower bound of its log2 bin: ``0``, ``1``, ``2``, ``4``, ... ``1k``."""
     k = log2_bin(value)
     if k < 0:
         return "-"
@@ -111,10 +111,10 @@ def duration_bin(seconds: float) -> str:
     ms = seconds * 1000.0
     if ms < 1:
         return "<1ms"
-    k = int(math.floor(math.log2(ms)))
+    k = math.floor(math.log2(ms))
     if k < 10:
         return f"{1 << k}ms"
-    return f"{1 << int(math.floor(math.log2(seconds)))}s"  # here seconds >= 1.024
+    return f"{1 << math.floor(math.log2(seconds))}s"  # seconds >= 1.024 here
 
 
 def bin_bounds(value: float) -> tuple[float, float]:
