@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedllm_core.data import DataSettings, load_eval_data
+from fedllm_core.data import DataSettings, EvalData, load_eval_data
 from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import Deployment, shared_sections
@@ -30,6 +30,7 @@ from fedllm_experiment.latency import (
 )
 from fedllm_experiment.progress import read_json_lines
 from fedllm_experiment.results import average_metrics, metric_block, run_record
+from fedllm_experiment.scoring import model_detection
 
 Record = Mapping[str, Any]
 
@@ -115,23 +116,39 @@ def energy_block(clients: Sequence[Mapping[str, Any]], cpu_s: Mapping[str, float
     }
 
 
-_timing_models: dict[str, tuple[ModelBundle, list[str]]] = {}
+_timing_models: dict[str, tuple[ModelBundle, EvalData]] = {}
 
 
-def _timing_model(model: ModelSettings, data: DataSettings) -> tuple[ModelBundle, list[str]]:
-    """One model instance per process for timing every strategy's final global state."""
+def _timing_model(model: ModelSettings, data: DataSettings) -> tuple[ModelBundle, EvalData]:
+    """One model instance per process for timing and scoring every strategy's final state."""
     key = model.model_dump_json() + data.model_dump_json()
     if key not in _timing_models:
         evald = load_eval_data(data)
-        _timing_models[key] = build_model(model, evald.label_names, seed=0), evald.texts
+        _timing_models[key] = build_model(model, evald.label_names, seed=0), evald
     return _timing_models[key]
 
 
-def _timing_setup(exp: ExperimentSettings) -> tuple[ModelBundle, list[str]]:
+def _model_and_data(exp: ExperimentSettings) -> tuple[ModelSettings, DataSettings]:
     sections = shared_sections(exp)
     model = ModelSettings.model_validate({**sections["model"], **exp.shared.get("model", {})})
     data = DataSettings.model_validate({**sections["data"], **exp.shared.get("data", {})})
-    return _timing_model(model, data)
+    return model, data
+
+
+def _timing_setup(exp: ExperimentSettings) -> tuple[ModelBundle, list[str]]:
+    bundle, evald = _timing_model(*_model_and_data(exp))
+    return bundle, evald.texts
+
+
+def final_detection(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any] | None:
+    """The final global model's detection report on every flow of the test split."""
+    loaded = _final_checkpoint(dep.server_state)
+    if loaded is None:
+        return None
+    model, data = _model_and_data(exp)
+    bundle, evald = _timing_model(model, data)
+    load_trainable_state(bundle.model, loaded.global_state)
+    return model_detection(bundle, evald, model.max_length, seed=exp.seed)
 
 
 def _final_checkpoint(server_state: Path) -> Any:
@@ -208,6 +225,9 @@ def collect_run(
         clients=clients,
         clients_reporting_final=len(finals),
         test_flows=_samples(server),
+        detection=final_detection(exp, dep),
+        seed=exp.seed,
+        split=exp.split,
         cpu_seconds=dep.fleet.cpu_seconds(),
         exit_codes=dep.fleet.exit_codes(),
     )

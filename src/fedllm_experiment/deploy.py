@@ -47,9 +47,12 @@ def shared_sections(exp: ExperimentSettings) -> dict[str, Any]:
         "partition": exp.partition,
         "num_partitions": exp.clients,
         "seed": exp.seed,
+        "split": exp.split,
+        "holdout_captures": list(exp.holdout_captures),
         "max_rows": exp.max_rows,
         "val_max": exp.val_samples,
-        "test_max": exp.test_samples,
+        # the capture split scores every flow of its test captures (as distinct texts)
+        "test_max": exp.test_samples if exp.split == "random" else None,
         "template": exp.template,
     }
     model = {"name": exp.model, "torch_threads": exp.torch_threads}

@@ -44,6 +44,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", help="embedded:all-MiniLM-L6-v2 (default), a local directory or a hub id")
     add("--task", choices=("binary", "multiclass"))
     add("--partition", choices=("capture", "iid", "dirichlet"))
+    add(
+        "--split",
+        choices=("capture", "random"),
+        help="capture (default): test on whole captures never trained on; random: the "
+        "paper's stratified 70/20/10 over flows",
+    )
+    add(
+        "--holdout-captures",
+        type=_captures,
+        dest="holdout_captures",
+        help="comma list of IoT-23 captures for the final test (implies --split capture)",
+    )
     add("--seed", type=int)
     add("--max-rows", type=int, dest="max_rows", help="stratified subsample of the flows")
     add("--local-steps", type=int, dest="local_steps", help="optimizer steps per round")
@@ -51,7 +63,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add("--config", type=Path, help="TOML file with any ExperimentSettings key")
 
 
+def _captures(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected capture names separated by commas: {text!r}")
+    return names
+
+
 COMMON_FLAGS = (
+    "split",
+    "holdout_captures",
     "clients",
     "rounds",
     "model",
@@ -70,7 +91,8 @@ def default_out_dir() -> Path:
 def describe(exp: ExperimentSettings) -> str:
     return (
         f"fedllm experiment: {', '.join(exp.strategies)}; {exp.clients} clients, "
-        f"{exp.rounds} rounds, model {exp.model}, task {exp.task}, partition {exp.partition}, "
+        f"{exp.rounds} rounds, model {exp.model}, task {exp.task}, split {exp.split}, "
+        f"partition {exp.partition}, "
         f"seed {exp.seed}, {exp.max_rows or 'all'} flows; budget {exp.budget_steps} local "
         f"steps per client ({exp.local_steps} per round x {exp.rounds}), batch {exp.batch_size}"
     )
@@ -80,6 +102,8 @@ def settings_and_out_dir(
     args: argparse.Namespace, *extra_flags: str
 ) -> tuple[ExperimentSettings, Path]:
     flags: dict[str, Any] = {name: getattr(args, name) for name in (*COMMON_FLAGS, *extra_flags)}
+    if flags.get("holdout_captures"):
+        flags["split"] = "capture"
     exp = load_experiment_settings(args.config, quick=args.quick, flags=flags)
     out_dir = (args.out or default_out_dir()).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,61 @@ def _latency(
         "device": "cpu",
         "threads": int(model.get_params().get("n_jobs") or 1),
     }
+
+
+def fit_token_codes(texts: Sequence[str]) -> list[dict[str, int]]:
+    """Per word position of a template's texts: word -> code, from the training texts only."""
+    width = max((len(t.split()) for t in texts), default=0)
+    vocab: list[set[str]] = [set() for _ in range(width)]
+    for text in texts:
+        for position, word in enumerate(text.split()):
+            vocab[position].add(word)
+    return [{w: i for i, w in enumerate(sorted(words))} for words in vocab]
+
+
+def token_features(texts: Sequence[str], codes: Sequence[Mapping[str, int]]) -> np.ndarray:
+    """(N, positions) float64: each word of the text as a category code (NaN: unseen or absent).
+
+    Trees on the words of the prompt text see exactly what the language model sees (with a
+    shortcut-proof template: service names and log2 bins, never exact counts).
+    """
+    out = np.full((len(texts), len(codes)), np.nan)
+    for row, text in enumerate(texts):
+        for position, word in enumerate(text.split()[: len(codes)]):
+            out[row, position] = codes[position].get(word, np.nan)
+    return out
+
+
+def fit_predict_tokens(
+    train_texts: Sequence[str],
+    y_train: np.ndarray,
+    texts: Sequence[str],
+    num_labels: int,
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] = DEFAULT_PARAMS,
+) -> np.ndarray:
+    """LightGBM on the words of the prompt texts: predicted class ids of ``texts``."""
+    codes = fit_token_codes(train_texts)
+    model = _classifier(num_labels, seed, params)
+    model.fit(
+        token_features(train_texts, codes), y_train, categorical_feature=list(range(len(codes)))
+    )
+    return np.asarray(model.predict(token_features(texts, codes)), dtype=np.int64)
+
+
+def fit_predict_fields(
+    train: FlowTable,
+    y_train: np.ndarray,
+    test: FlowTable,
+    num_labels: int,
+    *,
+    seed: int = 0,
+    params: Mapping[str, Any] = DEFAULT_PARAMS,
+) -> np.ndarray:
+    """LightGBM on the raw connection fields (exact values): predicted class ids of ``test``."""
+    codes = fit_codes(train)
+    categorical = list(range(len(NUMERIC), len(NUMERIC) + len(CATEGORICAL)))
+    model = _classifier(num_labels, seed, params)
+    model.fit(features(train, codes), y_train, categorical_feature=categorical)
+    return np.asarray(model.predict(features(test, codes)), dtype=np.int64)

@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedllm_core.certs import PkiPaths, make_federation_pki
+from fedllm_core.data import DataSettings, prepare_data, template_for
 from fedllm_experiment.collect import IncompleteRun, collect_run, remeasure_interleaved
 from fedllm_experiment.configs import ExperimentSettings
-from fedllm_experiment.deploy import SERVER_NAME, Deployment, client_names, prepare_deployment
+from fedllm_experiment.deploy import (
+    SERVER_NAME,
+    Deployment,
+    client_names,
+    prepare_deployment,
+    shared_sections,
+)
 from fedllm_experiment.processes import DaemonCrashed, tail_lines
 from fedllm_experiment.progress import JsonLinesTail, Progress
+from fedllm_experiment.references import reference_reports
 
 POLL_S = 0.5
 CLIENT_DRAIN_S = 120.0  # clients finish their final evaluation after the server's last version
@@ -36,6 +44,8 @@ class Outcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     server_states: list[Path] = field(default_factory=list)  # per run: its final checkpoint
+    # the reference detectors on the same split (docs/experiment.md), by name
+    references: dict[str, Any] = field(default_factory=dict)
 
 
 def _watch(dep: Deployment, progress: Progress, timeout_s: float, start: float) -> None:
@@ -88,7 +98,7 @@ def run_experiment(
     """Every strategy in turn; a failed strategy is recorded and the next one still runs."""
     out_dir = out_dir.resolve()
     pki = make_federation_pki(out_dir / "pki", SERVER_NAME, client_names(exp.clients), force=True)
-    outcome = Outcome()
+    outcome = Outcome(references=experiment_references(exp))
     for strategy in exp.strategies:
         print(f"[{strategy}] starting server + {exp.clients} clients (mTLS, 127.0.0.1)", file=out)
         try:
@@ -106,6 +116,12 @@ def run_experiment(
         if on_run is not None:
             on_run(outcome)
     return outcome
+
+
+def experiment_references(exp: ExperimentSettings) -> dict[str, Any]:
+    """The reference detectors' reports on the experiment's split (seconds of work)."""
+    data = DataSettings.model_validate(shared_sections(exp)["data"])
+    return reference_reports(prepare_data(data), template_for(data), seed=exp.seed)
 
 
 def _failure(strategy: str, exc: Exception) -> dict[str, Any]:

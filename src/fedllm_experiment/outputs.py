@@ -53,7 +53,9 @@ def write_outputs(
     exp: ExperimentSettings, outcome: Outcome, out_dir: Path, *, total_wall_s: float
 ) -> None:
     config = config_block(exp, total_wall_s=round(total_wall_s, 1))
-    doc = results_document(config, outcome.runs, failures=outcome.failures)
+    doc = results_document(
+        config, outcome.runs, failures=outcome.failures, references=outcome.references
+    )
     write_document(doc, out_dir, title="fedllm experiment")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from fedllm_experiment import paper
 from fedllm_experiment.reading import is_federated, reading
+from fedllm_experiment.report_detection import detection_section
 
 Run = Mapping[str, Any]
 
@@ -122,6 +123,7 @@ def render_report(doc: Mapping[str, Any], *, title: str = "fedllm experiment") -
         parts += ["", "## Reading", "", *reading(runs), ""]
     if other:
         parts += ["## Reference points (no federation)", "", *_table_baselines(other), ""]
+    parts += detection_section(doc["config"], runs, doc.get("references") or {})
     return "\n".join(parts)
 
 
