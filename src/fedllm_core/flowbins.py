@@ -20,6 +20,7 @@ Every function maps NaN (Zeek's ``-``, unset) to ``-``.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 
 # Ports IoT traffic uses, named as IANA (or, for the few IoT-specific ones, as their vendors) do.
@@ -125,3 +126,49 @@ def bin_bounds(value: float) -> tuple[float, float]:
     if k == 0:
         return 0.0, 0.0
     return float(1 << (k - 1)), float(1 << k)
+
+
+COUNT_FIELDS = (
+    "orig_bytes",
+    "resp_bytes",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+)
+_RANGES = ((0, WELL_KNOWN_MAX), (WELL_KNOWN_MAX, REGISTERED_MAX), (REGISTERED_MAX, 65536))
+
+
+def _other_port(port: float, rng: random.Random) -> float:
+    """Another unnamed port of the same IANA range (named ports and unset stay)."""
+    if math.isnan(port) or int(port) in SERVICE_NAMES:
+        return port
+    low, high = next(r for r in _RANGES if r[0] <= port < r[1])
+    while True:  # bounded in practice: named ports are a few dozen of each range
+        candidate = rng.randrange(low, high)
+        if candidate not in SERVICE_NAMES:
+            return float(candidate)
+
+
+def _other_count(value: float, rng: random.Random) -> float:
+    low, high = bin_bounds(value)
+    if math.isnan(low) or high <= low + 1:
+        return value
+    return float(rng.randrange(int(low), int(high)))
+
+
+def jitter_within_bins(record: Mapping[str, object], rng: random.Random) -> dict[str, object]:
+    """A copy of ``record`` with each shortcut field moved within what compact@2 shows of it.
+
+    Unnamed ports move within their IANA range, counts within their log2 bin. A detector that
+    keys on capture artefacts changes its answer under this edit; one that reads behaviour
+    does not (the robustness check in tests/core/test_robustness.py).
+    """
+    out = dict(record)
+    for name in ("id.orig_p", "id.resp_p"):
+        if isinstance(out.get(name), float) and out.get("proto") != "icmp":
+            out[name] = _other_port(float(out[name]), rng)  # type: ignore[arg-type]
+    for name in COUNT_FIELDS:
+        if isinstance(out.get(name), float):
+            out[name] = _other_count(float(out[name]), rng)  # type: ignore[arg-type]
+    return out

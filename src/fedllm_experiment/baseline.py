@@ -48,8 +48,9 @@ class Split:
 
     prepared: PreparedData
     train_texts: list[str]
-    test_texts: list[str]
+    test_texts: list[str]  # distinct test items (load_eval_data) ...
     test_labels: np.ndarray
+    test_weights: np.ndarray  # ... and the flows each stands for
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -70,6 +71,7 @@ def load_split(data: DataSettings) -> Split:
         train_texts=render(template, prepared.flows, prepared.splits.train),
         test_texts=scored.texts,
         test_labels=np.asarray(scored.labels),
+        test_weights=np.asarray(scored.weights),
     )
 
 
@@ -98,7 +100,9 @@ def finetune(
     bundle = build_model(model, split.prepared.label_names, seed=seed)
     tok, max_len = bundle.tokenizer, model.max_length
     train_split = encode_split(tok, split.train_texts, split.train_labels, max_len)
-    test_split = encode_split(tok, split.test_texts, split.test_labels, max_len)
+    test_split = encode_split(
+        tok, split.test_texts, split.test_labels, max_len, weights=split.test_weights
+    )
     trainer = LocalTrainer(bundle, train_split, train, seed=seed)
     meter = EnergyMeter(bundle.device)
     start = time.perf_counter()
@@ -116,7 +120,7 @@ def finetune(
         model=model.name,
         train_steps=steps,
         train_flows=len(train_split),
-        test_flows=len(test_split),
+        test_flows=int(split.test_weights.sum()),
         final_loss=float(np.mean(losses[-10:])) if losses else None,
         trainable_params=sum(p.numel() for p in bundle.model.parameters() if p.requires_grad),
     )

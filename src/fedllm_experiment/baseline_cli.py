@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     exp, out_dir = settings_and_out_dir(args)
     split = load_split(experiment_data(exp))
     print(
-        f"fedllm baseline: {len(split.train_texts)} training flows, {len(split.test_texts)} "
+        f"fedllm baseline: {len(split.train_texts)} training flows, "
+        f"{int(split.test_weights.sum())} "
         f"test flows; central budget {exp.clients * exp.budget_steps} steps; output {out_dir}",
         flush=True,
     )

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         kind="bench_models",
         bench_steps=steps,
         train_flows=len(split.train_texts),
-        test_flows=len(split.test_texts),
+        test_flows=int(split.test_weights.sum()),
     )
     doc = results_document(config, runs, skipped=skipped)
     write_document(doc, out_dir, title="fedllm bench models")

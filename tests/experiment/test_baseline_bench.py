@@ -43,8 +43,8 @@ def test_baseline_scores_both_references_on_the_experiments_test_split(
     server_test = load_eval_data(experiment_data(ExperimentSettings.model_validate(TINY)))
     runs = {r["strategy"]: r for r in doc["runs"]}
     assert {name: r["test_flows"] for name, r in runs.items()} == {
-        "central": len(server_test.texts),
-        "gbt": len(server_test.texts),
+        "central": server_test.flows,
+        "gbt": server_test.flows,
     }
 
 
