@@ -6,7 +6,8 @@ set, a fifth to validation), then a real GSFS federation runs (``fedllm experime
 --strategies gsfs``: server + client daemons over mutual TLS on loopback), and its final global
 model is scored on every flow of the test captures beside the majority class, the "tcp ->
 malicious" rule, a lookup table of training texts and LightGBM (raw fields, and the words of the
-prompt text). Each seed's test captures are different, so the seeds together are a
+prompt text). ``gsfs_val_threshold`` is the same model at the P(malicious) threshold chosen on
+the validation captures. Each seed's test captures are different, so the seeds together are a
 leave-captures-out estimate.
 
 Goals (issue 8): GSFS macro-F1 >= LightGBM's on the same splits, and distinct-text accuracy on
@@ -41,7 +42,8 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if outcome.failures or not outcome.runs:
         raise SystemExit(f"seed {seed}: the GSFS run failed: {outcome.failures}")
     detection = outcome.runs[0]["detection"]
-    return {"seed": seed, "gsfs": detection, **outcome.references}
+    tuned = {"gsfs_val_threshold": detection["val_threshold"]} if "val_threshold" in detection else {}
+    return {"seed": seed, "gsfs": detection, **tuned, **outcome.references}
 
 
 def _summary(name: str, report: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedllm_core.data import DataSettings, EvalData, load_eval_data
+from fedllm_core.data import (
+    DataSettings,
+    EvalData,
+    load_eval_data,
+    load_validation_data,
+    template_for,
+)
 from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import Deployment, shared_sections
@@ -148,7 +154,8 @@ def final_detection(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any] 
     model, data = _model_and_data(exp)
     bundle, evald = _timing_model(model, data)
     load_trainable_state(bundle.model, loaded.global_state)
-    return model_detection(bundle, evald, model.max_length, seed=exp.seed)
+    validation = load_validation_data(data, template_for(data))
+    return model_detection(bundle, evald, model.max_length, validation=validation, seed=exp.seed)
 
 
 def _final_checkpoint(server_state: Path) -> Any:

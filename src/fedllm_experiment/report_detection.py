@@ -73,7 +73,11 @@ def detection_section(
     first = models[0][1] if models else next(iter(refs.values()))
     lines = ["## Detection on the test split", "", _split_line(config, first), "", _HEADER]
     lines.append("|---|---|---|---|---|---|")
-    lines += [_row(name, r) for name, r in models]
+    for name, r in models:
+        lines.append(_row(name, r))
+        if "val_threshold" in r:
+            tuned = r["val_threshold"]
+            lines.append(_row(f"{name}, threshold {tuned['threshold']:.3f} from validation", tuned))
     lines += [_row(f"reference: {name}", r) for name, r in refs.items()]
     floor = refs.get("majority")
     lines += [""]

@@ -256,13 +256,23 @@ class EvalData(NamedTuple):
 
 def load_eval_data(data: DataSettings, template: Template | None = None) -> EvalData:
     """The test split (capped to ``data.test_max`` rows, stratified) for central evaluation."""
-    chosen = template or template_for(data)
     prepared = prepare_data(data)
     test = _cap(prepared.splits.test, prepared.strata, data.test_max, _seed(data.seed, _TEST_CAP))
+    return _items(prepared, test, template or template_for(data))
+
+
+def load_validation_data(data: DataSettings, template: Template | None = None) -> EvalData:
+    """The whole validation split (by capture: the validation captures), for model selection
+    and threshold choice; never used for training nor for the reported test figures."""
+    prepared = prepare_data(data)
+    return _items(prepared, prepared.splits.val, template or template_for(data))
+
+
+def _items(prepared: PreparedData, rows: IndexArray, template: Template) -> EvalData:
     return distinct_items(
-        render(chosen, prepared.flows, test),
-        prepared.labels[test],
-        prepared.flows.captures[test],
+        render(template, prepared.flows, rows),
+        prepared.labels[rows],
+        prepared.flows.captures[rows],
         prepared.label_names,
     )
 
