@@ -42,8 +42,9 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if outcome.failures or not outcome.runs:
         raise SystemExit(f"seed {seed}: the GSFS run failed: {outcome.failures}")
     detection = outcome.runs[0]["detection"]
-    tuned = {"gsfs_val_threshold": detection["val_threshold"]} if "val_threshold" in detection else {}
-    return {"seed": seed, "gsfs": detection, **tuned, **outcome.references}
+    tuned = detection.get("val_threshold")
+    extra = {"gsfs_val_threshold": tuned} if tuned else {}
+    return {"seed": seed, "gsfs": detection, **extra, **outcome.references}
 
 
 def _summary(name: str, report: dict[str, Any]) -> dict[str, Any]:
