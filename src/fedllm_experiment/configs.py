@@ -45,6 +45,9 @@ class ExperimentSettings(FrozenSettings):
     split: Literal["random", "capture"] = "capture"
     holdout_captures: tuple[str, ...] = ()
     seed: int = 0
+    # Several seeds = several whole experiments (each its own capture split), then a summary
+    # over them (mean, min, max); empty = just ``seed``.
+    seeds: tuple[int, ...] = ()
     # Stratified subsample of the shipped flows, so 3 strategies x 5 clients fit 15 min on 2 CPUs.
     max_rows: int | None = Field(6000, ge=100)
     local_steps: int = Field(16, ge=1, description="optimizer steps per client per round")
@@ -66,6 +69,10 @@ class ExperimentSettings(FrozenSettings):
     shared: dict[str, Any] = Field(default_factory=dict)
     server: dict[str, Any] = Field(default_factory=dict)
     client: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
     @property
     def budget_steps(self) -> int:

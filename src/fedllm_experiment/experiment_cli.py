@@ -17,7 +17,7 @@ from typing import Any
 
 from fedllm_experiment.configs import ALL_STRATEGIES, ExperimentSettings, load_experiment_settings
 from fedllm_experiment.orchestrator import Outcome, run_experiment
-from fedllm_experiment.outputs import print_table, write_outputs
+from fedllm_experiment.outputs import print_table, write_outputs, write_seed_outputs
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -31,6 +31,12 @@ def _strategies(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategies", type=_strategies, help="comma list (default: fedavg,fedopt,gsfs)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="comma list: one whole experiment per seed (its own capture split), then a "
+        "summary over seeds in --out (default: just --seed)",
     )
     add_common_arguments(parser)
 
@@ -61,6 +67,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add("--local-steps", type=int, dest="local_steps", help="optimizer steps per round")
     add("--quick", action="store_true", help="small preset: about 3 minutes on 2 CPU cores")
     add("--config", type=Path, help="TOML file with any ExperimentSettings key")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas: {text!r}"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integer seeds: {text!r}")
+    return seeds
 
 
 def _captures(text: str) -> tuple[str, ...]:
@@ -111,19 +129,33 @@ def settings_and_out_dir(
 
 
 def run(args: argparse.Namespace) -> int:
-    exp, out_dir = settings_and_out_dir(args, "strategies")
+    exp, out_dir = settings_and_out_dir(args, "strategies", "seeds")
     print(describe(exp), f"\noutput: {out_dir}", flush=True)
     started = time.monotonic()
+    seeds = exp.run_seeds
+    outcomes: dict[int, Outcome] = {}
+    for seed in seeds:
+        one = exp.model_copy(update={"seed": seed, "seeds": ()})
+        where = out_dir if len(seeds) == 1 else out_dir / f"seed-{seed}"
+        if len(seeds) > 1:
+            print(f"== seed {seed} ({len(outcomes) + 1} of {len(seeds)}): {where}", flush=True)
+        outcomes[seed] = _run_one(one, where, started)
+        print_table(outcomes[seed].runs, sys.stdout)
+    if len(seeds) > 1:
+        write_seed_outputs(exp, outcomes, out_dir, total_wall_s=time.monotonic() - started)
+    print(f"total {time.monotonic() - started:.0f} s; results in {out_dir}", flush=True)
+    return 1 if any(o.failures for o in outcomes.values()) else 0
+
+
+def _run_one(exp: ExperimentSettings, out_dir: Path, started: float) -> Outcome:
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def save(outcome: Outcome) -> None:
         write_outputs(exp, outcome, out_dir, total_wall_s=time.monotonic() - started)
 
     try:
-        outcome = run_experiment(exp, out_dir, on_run=save)
+        return run_experiment(exp, out_dir, on_run=save)
     except KeyboardInterrupt:
         # the orchestrator has stopped every daemon before the interrupt reaches us
         print(f"\ninterrupted: all daemons stopped; finished strategies are in {out_dir}")
         raise
-    print_table(outcome.runs, sys.stdout)
-    print(f"total {time.monotonic() - started:.0f} s; results in {out_dir}", flush=True)
-    return 1 if outcome.failures else 0

@@ -19,6 +19,12 @@ from fedllm_experiment.orchestrator import Outcome
 from fedllm_experiment.plots import write_plots
 from fedllm_experiment.report import render_report
 from fedllm_experiment.results import results_document, write_results
+from fedllm_experiment.seeds import (
+    detector_reports,
+    plot_seed_spread,
+    seed_summary,
+    summary_lines,
+)
 
 
 def machine() -> dict[str, Any]:
@@ -57,6 +63,35 @@ def write_outputs(
         config, outcome.runs, failures=outcome.failures, references=outcome.references
     )
     write_document(doc, out_dir, title="fedllm experiment")
+
+
+def write_seed_outputs(
+    exp: ExperimentSettings,
+    outcomes: Mapping[int, Outcome],
+    out_dir: Path,
+    *,
+    total_wall_s: float,
+) -> None:
+    """The summary over seeds in ``out_dir`` (each seed's own outputs are in seed-<n>/)."""
+    runs = [run for outcome in outcomes.values() for run in outcome.runs]
+    references = {seed: outcome.references for seed, outcome in outcomes.items()}
+    summary = seed_summary(detector_reports(runs, references))
+    config = config_block(exp, total_wall_s=round(total_wall_s, 1))
+    failures = [f for outcome in outcomes.values() for f in outcome.failures]
+    doc = results_document(
+        config,
+        runs,
+        failures=failures,
+        references_by_seed={str(seed): refs for seed, refs in references.items()},
+        seed_summary=summary,
+    )
+    write_results(out_dir / "results.json", doc)
+    seeds = list(outcomes)
+    links = [f"- seed {s}: [seed-{s}/report.md](seed-{s}/report.md)" for s in seeds]
+    lines = ["# fedllm experiment over seeds", "", *summary_lines(summary, seeds), *links, ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    if summary:
+        plot_seed_spread(summary, out_dir / "f1_by_seed.png")
 
 
 def _row(run: Mapping[str, Any], width: int) -> str:
