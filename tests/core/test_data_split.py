@@ -90,3 +90,26 @@ def test_subsample_is_deterministic_per_seed() -> None:
 def test_strata_ids_combine_keys() -> None:
     ids = strata_ids(np.array(["a", "a", "b", "b"]), np.array(["x", "y", "x", "x"]))
     assert ids.tolist() == [0, 1, 2, 2]
+
+
+def test_five_consecutive_capture_seeds_test_every_capture_exactly_once() -> None:
+    from fedllm_core.data import capture_split, fine_classes, load_flows
+
+    flows, _ = load_flows()
+    malicious = fine_classes(flows) != "Benign"
+    tested = []
+    for seed in range(5, 10):
+        split = capture_split(flows.captures, malicious, seed)
+        tested += sorted(set(flows.captures[split.test].tolist()))
+    assert sorted(tested) == sorted(set(flows.captures.tolist()))
+
+
+def test_capture_split_tests_both_kinds_and_keeps_captures_whole() -> None:
+    from fedllm_core.data import capture_split, fine_classes, load_flows
+
+    flows, _ = load_flows()
+    malicious = fine_classes(flows) != "Benign"
+    split = capture_split(flows.captures, malicious, 2)
+    parts = [set(flows.captures[rows].tolist()) for rows in (split.train, split.val, split.test)]
+    kinds = {bool(malicious[flows.captures == c].mean() >= 0.5) for c in parts[2]}
+    assert kinds == {False, True} and not (parts[0] & parts[2]) and not (parts[1] & parts[2])

@@ -115,9 +115,8 @@ def _capture_rows(
     The test captures stay whole: every flow of a capture never trained on is scored
     (cheaply, as distinct texts; see ``load_eval_data``).
     """
-    whole = capture_split(
-        flows.captures, malicious, _seed(data.seed, _SPLIT), holdout=data.holdout_captures
-    )
+    # the raw seed: consecutive seeds are consecutive folds (every capture tested once)
+    whole = capture_split(flows.captures, malicious, data.seed, holdout=data.holdout_captures)
     dev = np.concatenate([whole.train, whole.val])
     if data.max_rows is not None and data.max_rows < len(dev):
         dev = dev[stratified_subsample(strata[dev], data.max_rows, _seed(data.seed, _SUBSAMPLE))]

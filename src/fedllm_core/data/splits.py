@@ -26,8 +26,8 @@ from fedllm_core.data.table import IndexArray
 
 DEFAULT_FRACTIONS = (0.7, 0.2, 0.1)
 # By capture the unit is a whole capture: 10 % of 19 would test on two captures, too few for
-# a figure that means anything, so a fifth of each kind's captures is tested on.
-CAPTURE_FRACTIONS = (0.6, 0.2, 0.2)
+# a figure that means anything, so a fifth of each kind's captures is tested on (5 folds).
+CAPTURE_FOLDS = 5
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,16 +118,10 @@ def capture_kinds(groups: npt.ArrayLike, malicious: npt.ArrayLike) -> dict[str, 
     return {name: bool(bad[g == name].mean() >= 0.5) for name in sorted(set(g.tolist()))}
 
 
-def _deal_captures(
-    names: Sequence[str], fractions: Sequence[float], rng: np.random.Generator
-) -> tuple[list[str], list[str], list[str]]:
-    """One kind's captures, shuffled, to (train, val, test) by count; each non-empty when n >= 3."""
+def _fold_of(names: Sequence[str], folds: int, rng: np.random.Generator) -> dict[str, int]:
+    """One kind's captures, shuffled, dealt round-robin into ``folds`` folds."""
     order = [names[i] for i in rng.permutation(len(names))]
-    n = len(order)
-    n_test = max(1, int(np.floor(fractions[2] * n + 0.5))) if n >= 3 and fractions[2] > 0 else 0
-    n_val = max(1, int(np.floor(fractions[1] * n + 0.5))) if n >= 2 and fractions[1] > 0 else 0
-    n_val = min(n_val, n - n_test - 1) if n > n_test else 0
-    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+    return {name: i % folds for i, name in enumerate(order)}
 
 
 def capture_split(
@@ -136,28 +130,32 @@ def capture_split(
     seed: int,
     *,
     holdout: Sequence[str] = (),
-    fractions: tuple[float, float, float] = CAPTURE_FRACTIONS,
+    folds: int = CAPTURE_FOLDS,
 ) -> Splits:
     """Whole captures to train / validation / test, so a test flow's capture is never trained on.
 
-    Captures are dealt by count within each kind (mostly benign, mostly malicious), so every
-    split of a seed sees both kinds when there are enough captures; the seed picks which.
-    ``holdout`` names the test captures instead (the rest go to train and validation).
+    Within each kind (mostly benign, mostly malicious) the captures are shuffled and dealt into
+    ``folds`` folds; seed s tests on fold s mod folds, validates on the next fold and trains on
+    the rest, so both kinds are tested and seeds 0..folds-1 test every capture exactly once
+    (together they score every flow). ``seed // folds`` picks the shuffle. ``holdout`` names
+    the test captures instead; the rest are folded the same way into validation and training.
     """
     g = np.asarray(groups).astype(str)
     kinds = capture_kinds(g, malicious)
     unknown = sorted(set(holdout) - set(kinds))
     if unknown:
         raise ValueError(f"holdout captures {unknown} are not in the data; known: {sorted(kinds)}")
-    rng = np.random.default_rng(seed)
-    if holdout:
-        dev_fractions = (fractions[0], fractions[1], 0.0)
-        parts: tuple[list[str], list[str], list[str]] = ([], [], list(holdout))
-    else:
-        dev_fractions, parts = fractions, ([], [], [])
+    rng = np.random.default_rng([seed // folds, 23])
+    fold = seed % folds
+    parts: tuple[list[str], list[str], list[str]] = ([], [], list(holdout))
     for kind in (False, True):
         names = [name for name, bad in kinds.items() if bad is kind and name not in holdout]
-        for part, dealt in zip(parts, _deal_captures(names, dev_fractions, rng), strict=True):
-            part.extend(dealt)
+        for name, f in _fold_of(names, folds, rng).items():
+            if not holdout and f == fold:
+                parts[2].append(name)
+            elif f == (fold + (0 if holdout else 1)) % folds:
+                parts[1].append(name)
+            else:
+                parts[0].append(name)
     train, val, test = (np.flatnonzero(np.isin(g, part)).astype(np.int64) for part in parts)
     return Splits(train=train, val=val, test=test)
