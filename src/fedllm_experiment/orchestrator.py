@@ -9,9 +9,12 @@ lines. Strategies run sequentially so they never compete for the same cores.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -88,6 +91,27 @@ def run_strategy(
     return collect_run(exp, strategy, dep, wall_s=server_done - start), dep.server_state
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a `kill`, a CI timeout) tears the daemons down exactly as Ctrl-C does.
+
+    Without it the default action ends this process at once and leaves every daemon, each in
+    its own process group, running on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_experiment(
     exp: ExperimentSettings,
     out_dir: Path,
@@ -96,6 +120,16 @@ def run_experiment(
     on_run: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Every strategy in turn; a failed strategy is recorded and the next one still runs."""
+    with sigterm_as_interrupt():
+        return _run_strategies(exp, out_dir, out, on_run)
+
+
+def _run_strategies(
+    exp: ExperimentSettings,
+    out_dir: Path,
+    out: TextIO,
+    on_run: Callable[[Outcome], None] | None,
+) -> Outcome:
     out_dir = out_dir.resolve()
     pki = make_federation_pki(out_dir / "pki", SERVER_NAME, client_names(exp.clients), force=True)
     outcome = Outcome(references=experiment_references(exp))

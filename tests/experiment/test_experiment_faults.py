@@ -94,3 +94,13 @@ def test_ctrl_c_stops_every_daemon_and_exits_130(tmp_path: Path) -> None:
     run.communicate(timeout=120)
     assert run.returncode == 130
     assert _stopped(daemons)
+
+
+def test_sigterm_stops_every_daemon_like_ctrl_c(tmp_path: Path) -> None:
+    run = _start(tmp_path)
+    _training_daemon(run, tmp_path / "out", "client-1")
+    daemons = _children(run)
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=120)
+    assert run.returncode == 130
+    assert _stopped(daemons)
