@@ -2,7 +2,8 @@
 
 Three figures: central accuracy per global version for each strategy; central accuracy against
 cumulative bytes uploaded (the communication cost of accuracy); and, for GSFS, each client's
-cumulative uploads over time (who talks, how often, and on which trigger).
+cumulative uploads over time (who talks, how often, and on which trigger). The accuracy plots
+mark the all-benign floor (the majority reference) when the document has it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_per_round(runs: Sequence[Run], path: Path) -> Path:
+def _mark_floor(ax: Any, floor: float | None) -> None:
+    """The all-benign floor: the accuracy of calling every flow the training majority class."""
+    if floor is not None:
+        ax.axhline(floor, color="#cb181d", linestyle="--", linewidth=1, label="all-benign floor")
+
+
+def plot_accuracy_per_round(runs: Sequence[Run], path: Path, floor: float | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for run in runs:
         points = _evaluated(run["history"])
@@ -42,6 +49,7 @@ def plot_accuracy_per_round(runs: Sequence[Run], path: Path) -> Path:
             marker="o",
             label=run["strategy"],
         )
+    _mark_floor(ax, floor)
     ax.set_xlabel("global model version (round / aggregation)")
     ax.set_ylabel("central accuracy (test split)")
     ax.set_title("Central accuracy per round")
@@ -50,7 +58,7 @@ def plot_accuracy_per_round(runs: Sequence[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_accuracy_vs_bytes(runs: Sequence[Run], path: Path) -> Path:
+def plot_accuracy_vs_bytes(runs: Sequence[Run], path: Path, floor: float | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for run in runs:
         points = _evaluated(run["history"])
@@ -60,6 +68,7 @@ def plot_accuracy_vs_bytes(runs: Sequence[Run], path: Path) -> Path:
             marker="o",
             label=run["strategy"],
         )
+    _mark_floor(ax, floor)
     ax.set_xlabel("cumulative bytes uploaded by clients (MB)")
     ax.set_ylabel("central accuracy (test split)")
     ax.set_title("Accuracy against upstream traffic")
@@ -102,10 +111,12 @@ def _count_before(events: Sequence[Mapping[str, Any]], event: Mapping[str, Any])
 def write_plots(doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Every plot that the document has data for; returns the files written."""
     runs = [r for r in doc["runs"] if r.get("history")]
+    majority = (doc.get("references") or {}).get("majority")
+    floor = majority["accuracy"] if majority else None
     written: list[Path] = []
     if runs:
-        written.append(plot_accuracy_per_round(runs, out_dir / "accuracy_per_round.png"))
-        written.append(plot_accuracy_vs_bytes(runs, out_dir / "accuracy_vs_bytes_up.png"))
+        written.append(plot_accuracy_per_round(runs, out_dir / "accuracy_per_round.png", floor))
+        written.append(plot_accuracy_vs_bytes(runs, out_dir / "accuracy_vs_bytes_up.png", floor))
     for run in runs:
         if run["strategy"] == "gsfs" and run.get("upload_events"):
             written.append(plot_uploads_per_client(run, out_dir / "gsfs_uploads_per_client.png"))
