@@ -86,21 +86,12 @@ def test_the_failure_is_kept_in_results_json(tmp_path: Path) -> None:
     assert (doc["failures"][0]["daemon"], doc["runs"]) == ("client-2", [])
 
 
-def test_ctrl_c_stops_every_daemon_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_stops_every_daemon_and_exits_130(tmp_path: Path, sig: int) -> None:
     run = _start(tmp_path)
     _training_daemon(run, tmp_path / "out", "client-1")
     daemons = _children(run)
-    run.send_signal(signal.SIGINT)
-    run.communicate(timeout=120)
-    assert run.returncode == 130
-    assert _stopped(daemons)
-
-
-def test_sigterm_stops_every_daemon_like_ctrl_c(tmp_path: Path) -> None:
-    run = _start(tmp_path)
-    _training_daemon(run, tmp_path / "out", "client-1")
-    daemons = _children(run)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(sig)
     run.communicate(timeout=120)
     assert run.returncode == 130
     assert _stopped(daemons)
