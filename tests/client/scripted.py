@@ -18,6 +18,7 @@ import numpy as np
 from fedllm_proto.messages import (
     Ack,
     ByeCode,
+    Error,
     GlobalModel,
     Hello,
     TrainRequest,
@@ -37,6 +38,8 @@ class Scripted:
     stop_after: int = 2  # versions; then every client gets Bye("done", finished)
     local_steps: int = 5
     bye_after_hello: bool = False  # welcome, global model, Bye: a server that ends the run
+    # instead of Welcome: an Error frame, or a Bye with this code (a server that is stopping)
+    refuse_with: Error | ByeCode | None = None
     # what each Bye says, one per connection in turn (the last one repeats)
     byes: list[ByeCode] = field(default_factory=lambda: [ByeCode.FINISHED])
     version: int = 0
@@ -67,6 +70,12 @@ class Scripted:
         hello = await peer.recv()
         assert isinstance(hello, Hello)
         self.hellos.append(hello)
+        if isinstance(self.refuse_with, Error):
+            await peer.send(self.refuse_with)
+            return
+        if self.refuse_with is not None:
+            await peer.close("server is shutting down", self.refuse_with)
+            return
         cid = peer.peer_id or hello.client_name
         await peer.send(Welcome(1, cid, self.strategy, {}, self.version, 0.25))
         await peer.send(GlobalModel(self.version, self.theta))

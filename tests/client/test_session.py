@@ -15,7 +15,8 @@ from fedllm_client.refusal import Refused
 from fedllm_client.session import HandshakeRefused
 from fedllm_client.settings import ClientSettings
 from fedllm_core.model import build_model, trainable_state
-from fedllm_proto.messages import ByeCode
+from fedllm_proto.errors import ErrorCode
+from fedllm_proto.messages import ByeCode, Error
 
 from .conftest import tiny_settings
 from .scripted import Scripted
@@ -159,6 +160,34 @@ def test_bye_revoked_exits_78_with_a_refusal_recorded(pki: Any, tmp_path: Path) 
         asyncio.run(main())
     stops = [r["reason"] for r in _events(made[0], "stop")]
     assert (refused.value.exit_code, refused.value.why, stops) == (78, "bye_revoked", ["refused"])
+
+
+def test_an_unauthorized_error_at_the_handshake_exits_78_instead_of_retrying(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        refusal = Error(ErrorCode.UNAUTHORIZED, "certificate revoked")
+        server = Scripted("gsfs", {}, refuse_with=refusal)
+        port = await server.start(None)
+        client = tiny_settings(tmp_path / "c", server={"port": port})
+        await asyncio.wait_for(ClientDaemon(client).run(), timeout=120)
+
+    with pytest.raises(Refused) as refused:
+        asyncio.run(main())
+    assert (refused.value.exit_code, refused.value.why) == (78, "unauthorized")
+
+
+def test_a_bye_finished_instead_of_welcome_ends_the_client(tmp_path: Path) -> None:
+    """A client that connects while the federation is finishing is told so at the door."""
+
+    async def main() -> tuple[Scripted, int]:
+        server = Scripted("gsfs", {}, refuse_with=ByeCode.FINISHED)
+        port = await server.start(None)
+        client = tiny_settings(tmp_path / "c", server={"port": port})
+        return server, await asyncio.wait_for(ClientDaemon(client).run(), timeout=120)
+
+    server, code = asyncio.run(main())
+    assert (code, len(server.hellos)) == (0, 1)
 
 
 def test_insecure_mode_names_itself_in_hello_over_plain_tcp(tmp_path: Path) -> None:
