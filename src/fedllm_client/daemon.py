@@ -96,7 +96,7 @@ class ClientDaemon:
         self.stop.set()
 
     async def _serve(self, ctx: ssl.SSLContext | None) -> str:
-        """Sessions until the server says Bye (exit mode) or we are told to stop."""
+        """Sessions until the server says the federation is finished, or we are told to stop."""
         while not self.stop.is_set():
             reason, bye = await self._one_session(ctx)
             if reason == "stopped" or (bye is not None and self._ends_with(bye)):
