@@ -163,7 +163,7 @@ def test_capture_split_clients_never_see_a_test_capture() -> None:
 
 def test_unknown_holdout_capture_is_refused_with_the_known_names() -> None:
     data = DataSettings(**{**FAST, "split": "capture", "holdout_captures": ("CTU-nope",)})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="CTU-nope.*known"):
+    with pytest.raises(ValueError, match=r"CTU-nope.*known"):
         prepare_data(data)
 
 
