@@ -7,8 +7,10 @@ set, a fifth to validation), then a real GSFS federation runs (``fedllm experime
 model is scored on every flow of the test captures beside the majority class, the "tcp ->
 malicious" rule, a lookup table of training texts and LightGBM (raw fields, and the words of the
 prompt text). ``gsfs_val_threshold`` is the same model at the P(malicious) threshold chosen on
-the validation captures. Each seed's test captures are different, so the seeds together are a
-leave-captures-out estimate.
+the validation captures; ``gsfs_selected`` the global version the server kept as best on the
+validation captures (model selection, docs/server.md). Each seed's test captures are
+different (seeds 0-4 test every capture once), so the seeds together are a leave-captures-out
+estimate.
 
 Goals (issue 8): GSFS macro-F1 >= LightGBM's on the same splits, and distinct-text accuracy on
 held-out captures >= 0.85. Last line of output: one JSON object with the means, per-seed values
@@ -44,6 +46,8 @@ def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     detection = outcome.runs[0]["detection"]
     tuned = detection.get("val_threshold")
     extra = {"gsfs_val_threshold": tuned} if tuned else {}
+    if outcome.runs[0].get("detection_selected"):
+        extra["gsfs_selected"] = outcome.runs[0]["detection_selected"]
     return {"seed": seed, "gsfs": detection, **extra, **outcome.references}
 
 

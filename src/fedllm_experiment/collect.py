@@ -12,6 +12,7 @@ Sources, each used for what it measures first-hand:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,26 @@ def _timing_setup(exp: ExperimentSettings) -> tuple[ModelBundle, list[str]]:
 def final_detection(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any] | None:
     """The final global model's detection report on every flow of the test split."""
     loaded = _final_checkpoint(dep.server_state)
-    if loaded is None:
+    return None if loaded is None else _detection(exp, loaded.global_state)
+
+
+def selected_detection(exp: ExperimentSettings, dep: Deployment) -> dict[str, Any] | None:
+    """The same for the server's best-by-validation version (model selection), if it kept one."""
+    from safetensors.numpy import load_file
+
+    from fedllm_server.best import INFO_FILE, STATE_FILE
+
+    info_path, state_path = dep.server_state / INFO_FILE, dep.server_state / STATE_FILE
+    if not (info_path.exists() and state_path.exists()):
         return None
+    info = json.loads(info_path.read_text())
+    return {**info, **_detection(exp, load_file(str(state_path)))}
+
+
+def _detection(exp: ExperimentSettings, state: Mapping[str, Any]) -> dict[str, Any]:
     model, data = _model_and_data(exp)
     bundle, evald = _timing_model(model, data)
-    load_trainable_state(bundle.model, loaded.global_state)
+    load_trainable_state(bundle.model, dict(state))
     validation = load_validation_data(data, template_for(data))
     return model_detection(bundle, evald, model.max_length, validation=validation, seed=exp.seed)
 
@@ -233,6 +249,7 @@ def collect_run(
         clients_reporting_final=len(finals),
         test_flows=_samples(server),
         detection=final_detection(exp, dep),
+        detection_selected=selected_detection(exp, dep),
         seed=exp.seed,
         split=exp.split,
         cpu_seconds=dep.fleet.cpu_seconds(),

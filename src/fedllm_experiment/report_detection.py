@@ -68,6 +68,11 @@ def detection_section(
 ) -> list[str]:
     """Markdown lines; empty when no run carries a detection report."""
     models = [(r["strategy"], r["detection"]) for r in runs if r.get("detection")]
+    models += [
+        (f"{r['strategy']}, best on validation (v{r['detection_selected']['version']})", sel)
+        for r in runs
+        if (sel := r.get("detection_selected"))
+    ]
     if not models and not refs:
         return []
     first = models[0][1] if models else next(iter(refs.values()))

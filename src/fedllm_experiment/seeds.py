@@ -40,6 +40,9 @@ def detector_reports(
     for run in runs:
         if run.get("detection"):
             out.setdefault(run["strategy"], {})[int(run["seed"])] = run["detection"]
+        if run.get("detection_selected"):
+            name = f"{run['strategy']} (best on validation)"
+            out.setdefault(name, {})[int(run["seed"])] = run["detection_selected"]
     for seed, refs in references.items():
         for name, report in refs.items():
             out.setdefault(f"reference: {name}", {})[int(seed)] = report

@@ -100,9 +100,10 @@ class Server:
         """Run `fn` in the engine thread (serialises every touch of the engine state)."""
         return await asyncio.get_running_loop().run_in_executor(self._engine_thread, fn, *args)
 
-    async def evaluate(self, tensors: dict[str, Any]) -> dict[str, float]:
+    async def evaluate(self, tensors: dict[str, Any], version: int) -> dict[str, float]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._eval_thread, self.central.evaluate, tensors)
+        evaluate = self.central.evaluate
+        return await loop.run_in_executor(self._eval_thread, evaluate, tensors, version)
 
     async def client_joined(self, session: ClientSession) -> None:
         await self.engine_call(self.engine.enroll, session.client_id)

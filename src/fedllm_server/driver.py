@@ -183,7 +183,7 @@ async def report(server: Server) -> None:
             return
         evaluation = None
         if server.central.wants(item.agg.version):
-            evaluation = await server.evaluate(item.agg.result.global_tensors)
+            evaluation = await server.evaluate(item.agg.result.global_tensors, item.agg.version)
             log.info("global_model_evaluated", model_version=item.agg.version, **evaluation)
         server.metrics.write("aggregation", **aggregation_record(item, evaluation))
 

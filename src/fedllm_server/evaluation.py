@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedllm_core.data import load_eval_data, stratified_subsample, template_for
+from fedllm_core.data import (
+    load_eval_data,
+    load_validation_data,
+    stratified_subsample,
+    template_for,
+)
 from fedllm_core.model import (
     ModelBundle,
     build_model,
@@ -24,6 +29,7 @@ from fedllm_core.model import (
 )
 from fedllm_core.training import EncodedSplit, encode_split
 from fedllm_core.training import evaluate as evaluate_split
+from fedllm_server.best import BestByValidation
 from fedllm_server.settings import ServerSettings
 from fedllm_server.strategies.base import TensorDict
 
@@ -53,6 +59,9 @@ class CentralModel:
         self._split: EncodedSplit | None = None
         self._texts, self._labels = eval_data.texts, np.asarray(eval_data.labels)
         self._weights = np.asarray(eval_data.weights)
+        self._validation = load_validation_data(settings.data, template)
+        self._val_split: EncodedSplit | None = None
+        self.best = BestByValidation(settings.state_dir)
 
     def initial_state(self) -> TensorDict:
         """θ^0: the seeded LoRA factors and head of the freshly built model."""
@@ -74,13 +83,38 @@ class CentralModel:
             )
         return self._split
 
-    def evaluate(self, state: TensorDict) -> dict[str, float]:
-        """Accuracy, macro/weighted F1, precision, recall and loss of `state` on the test split."""
+    def _validation_split(self) -> EncodedSplit | None:
+        items = self._validation
+        if self._val_split is None and len(items.texts):
+            self._val_split = encode_split(
+                self.bundle.tokenizer,
+                items.texts,
+                items.labels,
+                self.settings.model.max_length,
+                weights=items.weights,
+            )
+        return self._val_split
+
+    def evaluate(self, state: TensorDict, version: int | None = None) -> dict[str, float]:
+        """Accuracy, macro/weighted F1, precision, recall and loss of `state` on the test split,
+        plus ``val_accuracy`` / ``val_f1_macro`` on the validation split when there is one.
+
+        With ``version``, a state better on validation than every earlier one is kept as the
+        best-by-validation model (model selection that never looks at the test split).
+        """
         load_trainable_state(self.bundle.model, state)
         split = self._test_split()
-        metrics = evaluate_split(self.bundle, split, self.settings.evaluation.batch_size)
+        batch = self.settings.evaluation.batch_size
+        metrics = evaluate_split(self.bundle, split, batch)
         flows = float(split.weights.sum()) if split.weights is not None else float(len(split))
-        return {**metrics, "samples": flows, "distinct_samples": float(len(split))}
+        result = {**metrics, "samples": flows, "distinct_samples": float(len(split))}
+        val_split = self._validation_split()
+        if val_split is not None:
+            val = evaluate_split(self.bundle, val_split, batch)
+            result.update(val_accuracy=val["accuracy"], val_f1_macro=val["f1_macro"])
+            if version is not None:
+                self.best.offer(version, val["f1_macro"], state)
+        return result
 
     def wants(self, version: int) -> bool:
         """Whether the cadence asks for evaluating this version."""
