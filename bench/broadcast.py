@@ -12,8 +12,9 @@ shared by every connection: the bench measures bytes, not identities).
 The first broadcast to a fresh set of connections is reported apart from the rest: it is the one
 that grows every socket buffer and touches every receive buffer for the first time (on the 2-core
 development VM a never-touched page costs several microseconds, and the first broadcast of
-4 MB to 500 clients took 2-6x as long as the later ones). ``median_s`` is over the later broadcasts, which reuse
-that memory, as a daemon's every broadcast after its first does. Last line: one JSON object.
+4 MB to 500 clients took 2-6x as long as the later ones). ``median_s`` is over the later
+broadcasts, which reuse that memory, as a daemon's every broadcast after its first does. Last
+line: one JSON object.
 
     python bench/broadcast.py [--clients 10,100,500] [--size-mb 4] [--repeats 5] [--modes plain,tls]
 """
