@@ -5,12 +5,13 @@ capture a flow came from (a model learns "1,070 packets = this capture = malicio
 detector keyed on them fails on traffic it never saw. These functions keep what describes the
 behaviour of a connection and drop what identifies a recording:
 
-- Ports become the service they name (IANA well-known names of the services IoT traffic uses)
-  or, when unnamed, their IANA range: ``well-known`` (< 1024), ``registered`` (< 49152),
-  ``ephemeral``. The exact number of an unnamed port is noise or a fingerprint.
-- Counts (bytes, packets) become log2 bins written as the bin's lower bound: 0, 1, 2, 4, 8, ...,
-  512, 1k, 2k, ..., 512k, 1M, ... So 300 and 400 bytes read the same (``256``), 60 and 70
-  do not (``32`` and ``64``).
+- Ports become the service they name (IANA names of the services IoT traffic uses, and the
+  router services IoT botnets attack across families) or, when unnamed, their IANA range:
+  ``well-known`` (< 1024), ``registered`` (< 49152), ``ephemeral``. The exact number of an
+  unnamed port is noise or a fingerprint.
+- Counts (bytes, packets) are exact below 8 (1 SYN or 3 retransmissions is behaviour), then
+  log2 bins written as the bin's lower bound: 8, 16, ..., 512, 1k, 2k, ..., 512k, 1M, ... So
+  300 and 400 bytes read the same (``256``), 60 and 70 do not (``32`` and ``64``).
 - Durations become log2 bins of milliseconds (``0``, ``<1ms``, ``1ms``, ``2ms`` ... ``512ms``),
   then of seconds (``1s``, ``2s``, ... ``512s``, ``1024s`` ...).
 
@@ -23,7 +24,9 @@ import math
 import random
 from collections.abc import Mapping
 
-# Ports IoT traffic uses, named as IANA (or, for the few IoT-specific ones, as their vendors) do.
+# Ports IoT traffic uses, named as IANA (or, for the few IoT-specific ones, as their vendors) do,
+# plus the router and camera services that IoT botnets (Mirai and its descendants) attack across
+# families: a flow to one says what it targets, whichever capture it comes from.
 SERVICE_NAMES: Mapping[int, str] = {
     20: "ftp-data",
     21: "ftp",
@@ -58,6 +61,13 @@ SERVICE_NAMES: Mapping[int, str] = {
     8081: "http",
     8443: "https",
     8883: "mqtt",
+    5555: "adb",  # Android debug bridge, open on TV boxes
+    37215: "huawei-upnp",  # Huawei HG532 UPnP (CVE-2017-17215)
+    52869: "realtek-upnp",  # Realtek SDK miniigd UPnP (CVE-2014-8361)
+    49152: "upnp",
+    81: "http",
+    8000: "http",
+    8888: "http",
 }
 WELL_KNOWN_MAX = 1024  # IANA: 0-1023 well-known, 1024-49151 registered, 49152-65535 ephemeral
 REGISTERED_MAX = 49152
@@ -95,8 +105,13 @@ def _scaled(value: int) -> str:
     return str(value)
 
 
+EXACT_BELOW = 8  # small counts (1 SYN, 3 retransmissions) describe behaviour, not a capture
+
+
 def count_bin(value: float) -> str:
-    """A count as the lower bound of its log2 bin: ``0``, ``1``, ``2``, ``4``, ... ``1k``."""
+    """A count exactly below 8, else the lower bound of its log2 bin: ``8``, ``16``, ... ``1k``."""
+    if not math.isnan(value) and 0 <= value < EXACT_BELOW:
+        return str(int(value))
     k = log2_bin(value)
     if k < 0:
         return "-"
@@ -119,12 +134,12 @@ def duration_bin(seconds: float) -> str:
 
 
 def bin_bounds(value: float) -> tuple[float, float]:
-    """[low, high) of the log2 bin ``value`` falls in (``(0, 0)`` for 0; NaN stays NaN)."""
-    k = log2_bin(value)
-    if k < 0:
+    """[low, high) of the values ``count_bin`` writes like ``value`` (NaN stays NaN)."""
+    if math.isnan(value):
         return math.nan, math.nan
-    if k == 0:
-        return 0.0, 0.0
+    if value < EXACT_BELOW:
+        return float(int(value)), float(int(value)) + 1.0
+    k = log2_bin(value)
     return float(1 << (k - 1)), float(1 << k)
 
 

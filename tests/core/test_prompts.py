@@ -61,7 +61,7 @@ def test_bare_name_selects_the_newest_version() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "other"),
     [
-        ("id.resp_p", 37215.0, 37216.0),  # an unnamed registered port: only its range shows
+        ("id.resp_p", 40000.0, 40001.0),  # an unnamed registered port: only its range shows
         ("id.orig_p", 50123.0, 61000.0),  # ephemeral source ports
         ("orig_bytes", 300.0, 400.0),  # one log2 bin (256-511)
         ("resp_pkts", 1070.0, 2000.0),  # one log2 bin (1024-2047)
@@ -192,3 +192,13 @@ def test_every_shipped_flow_fits_the_template_budget(name: str) -> None:
 
 def test_compact_budget_suits_edge_devices() -> None:
     assert get_template("compact").max_tokens <= 48
+
+
+def test_compact_v2_names_ports_iot_botnets_attack() -> None:
+    record = {**_irc_record(), "id.resp_p": 37215.0}
+    assert " to huawei-upnp from " in get_template("compact@2")(record)
+
+
+def test_compact_v2_writes_small_counts_exactly() -> None:
+    record = {**_irc_record(), "orig_pkts": 3.0, "resp_pkts": 2.0}
+    assert " 3/2p " in get_template("compact@2")(record)
