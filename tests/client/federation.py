@@ -26,6 +26,15 @@ from .conftest import TINY_DATA, TINY_MODEL
 
 SHARED_DATA = {**TINY_DATA, "num_partitions": 3}
 
+# A GSFS strategy section for the three-client federations of the end-to-end tests.
+GSFS_OF_THREE = {
+    "name": "gsfs",
+    "quorum_fraction": 0.6,
+    "federation_size_source": "explicit",
+    "federation_size": 3,
+    "max_wait_s": 5.0,
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

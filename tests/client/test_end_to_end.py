@@ -12,16 +12,10 @@ from typing import Any
 
 import pytest
 
+from .federation import GSFS_OF_THREE as GSFS
 from .federation import Federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-GSFS = {
-    "name": "gsfs",
-    "quorum_fraction": 0.6,
-    "federation_size_source": "explicit",
-    "federation_size": 3,
-    "max_wait_s": 5.0,
-}
 TRIGGER = {
     "check_every": 5,
     "warmup_steps": 10,

@@ -13,17 +13,11 @@ import pytest
 
 from fedllm_server.metrics_log import read_metrics
 
+from .federation import GSFS_OF_THREE as GSFS
 from .federation import Federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 NAMES = ("client-1", "client-2", "client-3")
-GSFS = {
-    "name": "gsfs",
-    "quorum_fraction": 0.6,
-    "federation_size_source": "explicit",
-    "federation_size": 3,
-    "max_wait_s": 5.0,
-}
 TRIGGER = {"check_every": 5, "warmup_steps": 10, "min_steps_between_uploads": 10}
 
 
