@@ -31,7 +31,7 @@ from fedllm_core.prompts import render
 from fedllm_core.training import LocalTrainer, TrainSettings, encode_split, evaluate
 from fedllm_experiment import gbt
 from fedllm_experiment.configs import ExperimentSettings
-from fedllm_experiment.deploy import shared_sections
+from fedllm_experiment.deploy import daemon_data, shared_sections
 from fedllm_experiment.latency import measure_latency
 from fedllm_experiment.results import run_record
 
@@ -59,7 +59,7 @@ class Split:
 
 def experiment_data(exp: ExperimentSettings) -> DataSettings:
     """The [data] section the daemons get, minus the per-client partition index."""
-    return DataSettings.model_validate(shared_sections(exp)["data"])
+    return daemon_data(exp)
 
 
 def load_split(data: DataSettings) -> Split:

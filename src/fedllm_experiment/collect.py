@@ -26,7 +26,7 @@ from fedllm_core.data import (
 )
 from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
 from fedllm_experiment.configs import ExperimentSettings
-from fedllm_experiment.deploy import Deployment, shared_sections
+from fedllm_experiment.deploy import Deployment, daemon_data, shared_sections
 from fedllm_experiment.latency import (
     DEFAULT_BATCH,
     DEFAULT_WARMUP,
@@ -138,8 +138,7 @@ def _timing_model(model: ModelSettings, data: DataSettings) -> tuple[ModelBundle
 def _model_and_data(exp: ExperimentSettings) -> tuple[ModelSettings, DataSettings]:
     sections = shared_sections(exp)
     model = ModelSettings.model_validate({**sections["model"], **exp.shared.get("model", {})})
-    data = DataSettings.model_validate({**sections["data"], **exp.shared.get("data", {})})
-    return model, data
+    return model, daemon_data(exp)
 
 
 def _timing_setup(exp: ExperimentSettings) -> tuple[ModelBundle, list[str]]:

@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from fedllm_core.certs import PkiPaths
+from fedllm_core.data import DataSettings
 from fedllm_core.settings import deep_merge
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.processes import Daemon, Fleet
@@ -57,6 +58,11 @@ def shared_sections(exp: ExperimentSettings) -> dict[str, Any]:
     }
     model = {"name": exp.model, "torch_threads": exp.torch_threads}
     return {"data": data, "model": model}
+
+
+def daemon_data(exp: ExperimentSettings) -> DataSettings:
+    """The [data] every daemon of the run gets (generated, then [shared.data]), index 0."""
+    return DataSettings.model_validate(deep_merge(shared_sections(exp), exp.shared)["data"])
 
 
 def strategy_section(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:

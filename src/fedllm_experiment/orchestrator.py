@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedllm_core.certs import PkiPaths, make_federation_pki
-from fedllm_core.data import DataSettings, prepare_data, template_for
+from fedllm_core.data import prepare_data, template_for
 from fedllm_experiment.collect import IncompleteRun, collect_run, remeasure_interleaved
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import (
     SERVER_NAME,
     Deployment,
     client_names,
+    daemon_data,
     prepare_deployment,
-    shared_sections,
 )
 from fedllm_experiment.processes import DaemonCrashed, tail_lines
 from fedllm_experiment.progress import JsonLinesTail, Progress
@@ -154,7 +154,7 @@ def _run_strategies(
 
 def experiment_references(exp: ExperimentSettings) -> dict[str, Any]:
     """The reference detectors' reports on the experiment's split (seconds of work)."""
-    data = DataSettings.model_validate(shared_sections(exp)["data"])
+    data = daemon_data(exp)
     return reference_reports(prepare_data(data), template_for(data), seed=exp.seed)
 
 

@@ -82,3 +82,11 @@ def test_a_rerun_into_the_same_directory_starts_from_nothing(pki: PkiPaths, tmp_
     leftover.write_text("{}")
     prepare_deployment(ExperimentSettings(clients=2), "fedavg", pki, tmp_path / "fedavg")
     assert not leftover.exists()
+
+
+def test_references_and_baselines_see_the_daemons_data_overrides() -> None:
+    from fedllm_experiment.deploy import daemon_data
+
+    exp = ExperimentSettings(shared={"data": {"split": "random", "min_class_count": 7}})
+    data = daemon_data(exp)
+    assert (data.split, data.min_class_count) == ("random", 7)
