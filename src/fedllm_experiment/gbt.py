@@ -56,6 +56,17 @@ def _classifier(num_labels: int, seed: int, params: Mapping[str, Any]) -> Any:
     return LGBMClassifier(objective=objective, random_state=seed, **params)
 
 
+def _fit_fields(
+    train: FlowTable, y_train: np.ndarray, num_labels: int, seed: int, params: Mapping[str, Any]
+) -> tuple[Any, dict[str, dict[str, int]]]:
+    """LightGBM fitted on the raw fields of ``train``, and the category codes it was fitted with."""
+    codes = fit_codes(train)
+    categorical = list(range(len(NUMERIC), len(NUMERIC) + len(CATEGORICAL)))
+    model = _classifier(num_labels, seed, params)
+    model.fit(features(train, codes), y_train, categorical_feature=categorical)
+    return model, codes
+
+
 def train_and_score(
     train: FlowTable,
     y_train: np.ndarray,
@@ -67,13 +78,10 @@ def train_and_score(
     params: Mapping[str, Any] = DEFAULT_PARAMS,
 ) -> dict[str, Any]:
     """Fit on ``train``, score on ``test``; metrics plus honest fit and per-flow predict times."""
-    codes = fit_codes(train)
-    x_train, x_test = features(train, codes), features(test, codes)
-    categorical = list(range(len(NUMERIC), len(NUMERIC) + len(CATEGORICAL)))
-    model = _classifier(len(labels), seed, params)
     start = time.perf_counter()
-    model.fit(x_train, y_train, categorical_feature=categorical)
+    model, codes = _fit_fields(train, y_train, len(labels), seed, params)
     fit_s = time.perf_counter() - start
+    x_test = features(test, codes)
     pred = np.asarray(model.predict(x_test), dtype=np.int64)
     metrics = classification_metrics(y_test, pred, len(labels))
     return {
@@ -164,8 +172,5 @@ def fit_predict_fields(
     params: Mapping[str, Any] = DEFAULT_PARAMS,
 ) -> np.ndarray:
     """LightGBM on the raw connection fields (exact values): predicted class ids of ``test``."""
-    codes = fit_codes(train)
-    categorical = list(range(len(NUMERIC), len(NUMERIC) + len(CATEGORICAL)))
-    model = _classifier(num_labels, seed, params)
-    model.fit(features(train, codes), y_train, categorical_feature=categorical)
+    model, codes = _fit_fields(train, y_train, num_labels, seed, params)
     return np.asarray(model.predict(features(test, codes)), dtype=np.int64)
