@@ -93,7 +93,8 @@ class Federation:
             "train": {"batch_size": 8, "lr": 5e-3},
             "validation_max_samples": 48,
             "final_eval": {"max_samples": 40},
-            "backoff": {"initial_s": 0.1, "max_s": 1.0},
+            # a client started before its server joins within 0.2 s of it listening
+            "backoff": {"initial_s": 0.1, "max_s": 0.2},
             **extra,
         }
         path = self.root / f"{name}.toml"
@@ -129,6 +130,12 @@ class Federation:
 
     def start_client(self, name: str, index: int, **extra: Any) -> None:
         self._spawn(name, "fedllm_client.cli", self.client_config(name, index, extra))
+
+    def wait_connecting(self, names: Any, timeout: float = 120.0) -> None:
+        """Until every client is up and trying to connect: started before the server, a slow
+        client (model loading on a loaded machine) cannot miss a short federation."""
+        for name in names:
+            self.wait_for(lambda n=name: '"connecting"' in self.tail(n, 100_000), timeout, name)
 
     def wait(self, name: str, timeout: float = 150.0) -> int:
         try:

@@ -48,9 +48,10 @@ def _server_versions(fed: Federation) -> list[int]:
 
 def test_gsfs_uploads_on_triggers_and_every_client_applies_every_broadcast(federation: Any) -> None:
     fed = federation(GSFS, stop_after_versions=3)
-    fed.start_server()
     for i, name in enumerate(NAMES):
         fed.start_client(name, i, max_total_steps=150, trigger=TRIGGER)
+    fed.wait_connecting(NAMES)  # a quorum of two must not finish before the third is up
+    fed.start_server()
     codes = [fed.wait(name) for name in NAMES]
     final = max(_server_versions(fed))
     for name in NAMES:

@@ -37,15 +37,16 @@ def _after_restart(fed: Federation, name: str) -> list[int]:
 def test_clients_carry_on_through_a_server_sigterm_and_restart(tmp_path: Path, pki: Any) -> None:
     fed = Federation(tmp_path, pki.federation, GSFS)  # no last version: it runs until SIGTERM
     try:
-        fed.start_server()
         for i, name in enumerate(NAMES):
             # a budget the run never spends: every client is still training at the restart
             fed.start_client(name, i, max_total_steps=100_000, trigger=TRIGGER)
+        fed.wait_connecting(NAMES)  # every client up before the server: none misses the run
+        fed.start_server()
         fed.wait_for(lambda: _server(fed, "aggregation"), 240, "server")
         fed.kill("server", signal.SIGTERM)  # drains, says Bye "restarting", exits
         stopped_at = _server(fed, "stop")[-1]["version"]
         server_code = fed.procs["server"].returncode
-        fed.server_extra["stop_after_versions"] = stopped_at + 2  # two more, then "finished"
+        fed.server_extra["stop_after_versions"] = stopped_at + 3  # three more, then "finished"
         fed.server_config()
         fed.start_server()  # same port and state: restores version `stopped_at`
         codes = [fed.wait(name, timeout=300) for name in NAMES]
