@@ -4,8 +4,10 @@ Rules: plain TCP only when ``ssl_context`` is None (the daemons gate that behind
 The server accepts sockets itself and wraps each one (``connect_accepted_socket``), so every
 refusal -- plaintext into TLS, wrong or missing certificate, revoked client, handshake timeout -- is
 logged once as ``peer_refused`` with the address and a readable reason, and only that peer is
-dropped. Identity and revocation come from ``fedllm_proto.tls``. uvloop is used by ``run``
-when installed. Time given to Connections is ``loop.time()`` (monotonic).
+dropped. A peer refused after a successful TLS handshake (revoked, no client id) is first told
+so with an Error(UNAUTHORIZED) frame: it must not mistake the refusal for a lost link.
+Identity and revocation come from ``fedllm_proto.tls``. uvloop is used by ``run`` when
+installed. Time given to Connections is ``loop.time()`` (monotonic).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any, TypeVar, cast
 
 from fedllm_proto import tls
 from fedllm_proto.connection import Connection
+from fedllm_proto.errors import ErrorCode, ProtocolError
 from fedllm_proto.limits import Limits
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Message
-from fedllm_proto.peer import Peer, PeerClosed, WireProtocol, log
+from fedllm_proto.peer import CLOSE_FLUSH_S, Peer, PeerClosed, WireProtocol, log
 from fedllm_proto.states import Role
 from fedllm_proto.wire import EncodedMessage, encode_message
 
@@ -168,7 +171,8 @@ class Server(asyncio.AbstractServer):
                 return proto, ""
             return proto, tls.authorize_peer(ssl_object, cfg.revocation)
         except tls.PeerRejected as exc:
-            reason = str(exc)
+            await _tell_unauthorized(proto, str(exc))
+            return None
         except (OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
             reason = _handshake_reason(exc)
         log.warning("peer_refused", address=address, reason=reason)
@@ -176,6 +180,23 @@ class Server(asyncio.AbstractServer):
             cast(asyncio.Transport, transport).abort()
         sock.close()
         return None
+
+
+async def _tell_unauthorized(proto: WireProtocol, reason: str) -> None:
+    """Refuse a peer whose TLS handshake succeeded (revoked, no client id) with an Error frame.
+
+    Dropping it silently would look like a lost link, and the client would retry forever; the
+    Error(UNAUTHORIZED) tells it that retrying cannot help. ``fail`` logs ``peer_refused``,
+    writes the frame and closes (for TLS: close_notify, while still reading and discarding what
+    the client sends, so no RST destroys the frame). A client that never answers the closure
+    is cut off after CLOSE_FLUSH_S.
+    """
+    proto.fail(ProtocolError(ErrorCode.UNAUTHORIZED, reason), "peer_refused")
+    try:
+        await asyncio.wait_for(asyncio.shield(proto.lost), CLOSE_FLUSH_S)
+    except TimeoutError:
+        if proto.transport is not None:
+            proto.transport.abort()
 
 
 def _handshake_reason(exc: BaseException) -> str:
