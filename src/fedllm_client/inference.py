@@ -4,39 +4,52 @@ Rules: the model is the one in the client's state directory (the latest global m
 default, or the client's own local model), rebuilt from the same settings as the daemon, so
 labels, template and fingerprint agree. Input is a Zeek conn.log (labelled or not; ``--follow``
 tails a growing log like ``tail -F``, reopening it when rotated or truncated) or an IoT-23 CSV.
-Each flow is classified on its own (batch 1) and timed from its text to its label; the summary
-(median/p95 latency, throughput, device, threads) is printed to stderr as one JSON object.
-A malformed line is counted and reported with its line number, never fatal. When following,
-a new global model written by the daemon is picked up between flows.
+Flows are classified in batches of what has arrived: a batch goes to the model when it holds
+``batch_size`` flows, when the reader has nothing more right now, or when its oldest flow has
+waited ``max_wait_ms``, so a flow's latency is bounded while a burst is classified at batched
+speed. Results are remembered per prompt text (the model is deterministic, traffic repeats)
+until the model changes. Each flow becomes one ECS document (alerts.py); SIGTERM/SIGINT
+classify what was read, then the summary (stats.py) goes to stderr as one JSON object. A
+malformed line is counted and reported with its line number, never fatal. When following, a
+new model written by the daemon is picked up between batches.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import numpy as np
 import structlog
 import torch
 
+from fedllm_client.alerts import Context, decide, flow_document
 from fedllm_client.settings import ClientSettings
 from fedllm_client.state import MANIFEST, StateError, StateStore
+from fedllm_client.stats import Summary
+from fedllm_core import systemd
 from fedllm_core.data import ZeekStream, prepare_data, read_flow_file, template_for
 from fedllm_core.errors import DataError
 from fedllm_core.jsonlines import plain_json
 from fedllm_core.model import build_model, load_trainable_state
 from fedllm_core.training import encode_split, predict_logits
+from fedllm_core.version import package_version
 
 log = structlog.get_logger("fedllm.client.classify")
 Record = dict[str, Any]
+STATUS_EVERY_S = 10.0  # systemd STATUS= refresh while running
 
 
 class FlowClassifier:
-    """The state directory's model, one flow at a time."""
+    """The state directory's model, over batches of flows, with a per-text result cache."""
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
@@ -46,6 +59,8 @@ class FlowClassifier:
         self.bundle.model.eval()
         self._manifest = settings.state_dir / MANIFEST
         self._loaded_mtime = -1.0
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_hits = 0
         self.version = -1
         if not self.reload():
             raise DataError(
@@ -72,24 +87,41 @@ class FlowClassifier:
         if tensors is None:
             return False
         load_trainable_state(self.bundle.model, tensors)
+        self._cache.clear()  # its results were the old model's
         self._loaded_mtime, self.version = mtime, state.base_version
         log.info("model_loaded", which=self.settings.inference.which, version=state.base_version)
         return True
 
-    def classify(self, record: Record) -> tuple[str, float]:
-        """(label, probability) of one flow record, batch of one."""
-        text = self.template(record)
-        split = encode_split(self.bundle.tokenizer, [text], None, self.settings.model.max_length)
-        logits = torch.from_numpy(predict_logits(self.bundle, split, batch_size=1)[0])  # (C,)
-        probs = torch.softmax(logits, dim=0)
-        best = int(probs.argmax())
-        return self.labels[best], float(probs[best])
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(N, C) class probabilities; each distinct unseen text goes through the model once."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        fresh = dict(zip(missing, self._forward(missing), strict=True)) if missing else {}
+        self.cache_hits += len(texts) - len(missing)  # flows that cost no forward pass
+        out = np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts])  # (N, C)
+        self._remember(fresh)
+        return out
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        max_length = self.settings.model.max_length
+        split = encode_split(self.bundle.tokenizer, texts, None, max_length)
+        logits = torch.from_numpy(predict_logits(self.bundle, split, batch_size=len(texts)))
+        return torch.softmax(logits, dim=1).numpy()  # (N, C)
+
+    def _remember(self, fresh: dict[str, np.ndarray]) -> None:
+        size = self.settings.inference.cache_size
+        if size == 0:
+            return
+        for text, probs in fresh.items():
+            self._cache[text] = probs
+            if len(self._cache) > size:
+                self._cache.popitem(last=False)
 
 
 def zeek_lines(path: Path, follow: bool, poll_s: float) -> Iterator[tuple[int, str]]:
     """(line number, line) of a Zeek log; with ``follow`` wait for more, survive rotation.
 
-    Line number 0 is an idle tick while following (the caller may reload its model)."""
+    Line number 0 is an idle tick while following: nothing more to read right now (the caller
+    classifies what it holds and may reload its model). It comes before the wait, not after."""
     fh, inode, number = _open(path)
     partial = b""
     while True:
@@ -103,8 +135,8 @@ def zeek_lines(path: Path, follow: bool, poll_s: float) -> Iterator[tuple[int, s
         if not follow:
             fh.close()
             return
-        time.sleep(poll_s)  # EOF, or half a line: wait for the writer
         yield 0, ""
+        time.sleep(poll_s)  # EOF, or half a line: wait for the writer
         if _rotated(path, inode, fh.tell()):
             fh.close()
             fh, inode, number = _open(path)
@@ -127,36 +159,8 @@ def _rotated(path: Path, inode: int, position: int) -> bool:
     return stat.st_ino != inode or stat.st_size < position
 
 
-class Summary:
-    def __init__(self) -> None:
-        self.latencies_ms: list[float] = []
-        self.flows = self.malformed = self.correct = self.labelled = 0
-        self.started = time.monotonic()
-
-    def as_dict(self, warmup: int, device: str) -> dict[str, Any]:
-        timed = np.array(self.latencies_ms[warmup:] or self.latencies_ms or [np.nan])
-        elapsed = time.monotonic() - self.started
-        out: dict[str, Any] = {
-            "flows": self.flows,
-            "malformed": self.malformed,
-            "latency_ms": {
-                "median": round(float(np.median(timed)), 3),
-                "p95": round(float(np.percentile(timed, 95)), 3),
-                "requests": int(timed.size),
-                "warmup_excluded": min(warmup, len(self.latencies_ms)),
-            },
-            "flows_per_min_batch1": round(60_000 / float(np.mean(timed)), 1) if self.flows else 0.0,
-            "wall_s": round(elapsed, 3),
-            "device": device,
-            "torch_threads": torch.get_num_threads(),
-        }
-        if self.labelled:
-            out["accuracy"] = round(self.correct / self.labelled, 4)
-        return out
-
-
 def _records(path: Path, follow: bool, poll_s: float, summary: Summary) -> Iterator[Record | None]:
-    """Flow records of ``path`` (None: an idle tick while following)."""
+    """Flow records of ``path`` (None: nothing more to read right now)."""
     if not follow and (path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz")):
         table, report = read_flow_file(path)
         summary.malformed += report.malformed
@@ -179,53 +183,152 @@ def _records(path: Path, follow: bool, poll_s: float, summary: Summary) -> Itera
             yield record
 
 
-def run_classify(
-    settings: ClientSettings, path: Path, *, output: Path | None = None, follow: bool = False
-) -> int:
-    """Classify every flow of ``path``; predictions as JSON lines, summary on stderr."""
-    classifier = FlowClassifier(settings)
-    out_path = output or settings.inference.output
-    out = out_path.open("a", encoding="utf-8") if out_path else sys.stdout
-    summary = Summary()
-    try:
-        for record in _records(path, follow, settings.inference.poll_interval_s, summary):
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag: the run classifies what it read, then summarises."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.name is None:
+            self.name = signal.Signals(signum).name
+            systemd.notify("STOPPING=1")
+
+
+class ClassifyRun:
+    """One ``classify`` run: read, batch, classify, write documents, account."""
+
+    def __init__(self, settings: ClientSettings, out: IO[str], *, alerts_only: bool) -> None:
+        self.settings = settings
+        self.inference = settings.inference
+        self.classifier = FlowClassifier(settings)
+        self.out = out
+        self.alerts_only = alerts_only
+        self.summary = Summary(self.classifier.labels)
+        self.pending: list[tuple[Record, float]] = []  # (record, monotonic time it was read)
+        self._pinged = time.monotonic()
+        self._status_at = 0.0
+
+    def run(self, path: Path, follow: bool, stop: _StopSignal) -> None:
+        systemd.notify("READY=1\nSTATUS=classifying")
+        for record in _records(path, follow, self.inference.poll_interval_s, self.summary):
+            if record is not None:
+                self.pending.append((record, time.monotonic()))
+            if record is None or self._batch_due():
+                self.flush()
             if record is None:
-                classifier.reload()
-                continue
-            out.write(json.dumps(plain_json(_predict(classifier, record, summary))) + "\n")
-            out.flush()
-    except KeyboardInterrupt:
-        pass  # Ctrl-C ends a --follow run: still print the summary
+                self.classifier.reload()
+                self._tick()
+            if stop.name is not None:
+                break
+        self.flush()
+        self.summary.stopped_by = stop.name or "eof"
+
+    def _batch_due(self) -> bool:
+        if len(self.pending) >= self.inference.batch_size:
+            return True
+        waited_ms = (time.monotonic() - self.pending[0][1]) * 1000 if self.pending else 0.0
+        return waited_ms >= self.inference.max_wait_ms
+
+    def flush(self) -> None:
+        """Classify every pending flow in one batch and write its documents."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        texts = [self.classifier.template(record) for record, _ in batch]
+        hits = self.classifier.cache_hits
+        started = time.perf_counter()
+        probs = self.classifier.probabilities(texts)  # (B, C)
+        done = time.monotonic()
+        self.summary.add_batch(len(batch), time.perf_counter() - started)
+        self.summary.cache_hits += self.classifier.cache_hits - hits
+        ctx = self._context()
+        now = dt.datetime.now(dt.UTC)
+        for (record, read_at), row in zip(batch, probs, strict=True):
+            self._write(record, row, ctx, (done - read_at) * 1000, now)
+        self.out.flush()
+        self._tick()
+
+    def _write(
+        self, record: Record, probs: np.ndarray, ctx: Context, ms: float, now: dt.datetime
+    ) -> None:
+        verdict = decide(probs, self.classifier.labels, ctx.threshold)
+        truth = _truth(record, self.classifier.labels) if self._labelled_task else None
+        self.summary.add_flow(verdict, ms, truth)
+        if self.alerts_only and not verdict.alert:
+            return
+        doc = flow_document(record, verdict, ctx, latency_ms=ms, now=now, true_label=truth)
+        self.out.write(json.dumps(plain_json(doc)) + "\n")
+
+    @property
+    def _labelled_task(self) -> bool:
+        return self.settings.data.task == "binary"
+
+    def _context(self) -> Context:
+        return Context(
+            threshold=self.inference.threshold,
+            model_version=self.classifier.version,
+            which=self.inference.which,
+            observer=self.settings.client_name,
+            version=package_version(),
+        )
+
+    def _tick(self) -> None:
+        """Keep systemd informed: watchdog pings and a STATUS= line now and then."""
+        now = time.monotonic()
+        interval = systemd.watchdog_interval_s()
+        if interval is not None and now - self._pinged >= interval / 2:
+            systemd.notify("WATCHDOG=1")
+            self._pinged = now
+        if now - self._status_at >= STATUS_EVERY_S:
+            s = self.summary
+            systemd.notify(
+                f"STATUS=model v{self.classifier.version}: {s.flows} flows, {s.alerts} alerts"
+            )
+            self._status_at = now
+
+
+def run_classify(
+    settings: ClientSettings,
+    path: Path,
+    *,
+    output: Path | None = None,
+    follow: bool = False,
+    alerts_only: bool | None = None,
+) -> int:
+    """Classify every flow of ``path``: documents as JSON lines, the summary on stderr."""
+    inference = settings.inference
+    alerts = inference.alerts_only if alerts_only is None else alerts_only
+    out_path = output or inference.output
+    out = out_path.open("a", encoding="utf-8") if out_path else sys.stdout
+    log.info(
+        "classify_started",
+        input=str(path),
+        follow=follow,
+        alerts_only=alerts,
+        threshold=inference.threshold,
+        batch_size=inference.batch_size,
+    )
+    try:
+        with _StopSignal() as stop:
+            job = ClassifyRun(settings, out, alerts_only=alerts)
+            job.run(path, follow, stop)
     finally:
         if out is not sys.stdout:
             out.close()
-    result = summary.as_dict(settings.inference.warmup, str(classifier.bundle.device))
-    print(json.dumps({"event": "classify_summary", **result}), file=sys.stderr)
+    result = job.summary.as_dict(inference.warmup, str(job.classifier.bundle.device))
+    print(json.dumps({"event": "classify_summary", **result}), file=sys.stderr, flush=True)
     return 0
-
-
-def _predict(classifier: FlowClassifier, record: Record, summary: Summary) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    label, prob = classifier.classify(record)
-    ms = (time.perf_counter() - t0) * 1000
-    summary.flows += 1
-    summary.latencies_ms.append(ms)
-    row: dict[str, Any] = {
-        "uid": record.get("uid"),
-        "ts": record.get("ts"),
-        "orig_h": record.get("id.orig_h"),
-        "resp_h": record.get("id.resp_h"),
-        "label": label,
-        "p": round(prob, 4),
-        "latency_ms": round(ms, 3),
-        "model_version": classifier.version,
-    }
-    truth = _truth(record, classifier.labels) if classifier.settings.data.task == "binary" else None
-    if truth is not None:
-        summary.labelled += 1
-        summary.correct += int(truth == label)
-        row["true_label"] = truth
-    return row
 
 
 def _truth(record: Record, labels: tuple[str, ...]) -> str | None:

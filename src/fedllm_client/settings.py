@@ -59,10 +59,17 @@ class SyntheticSettings(FrozenSettings):
 
 
 class InferenceSettings(FrozenSettings):
-    output: Path | None = None  # predictions JSON lines; None: stdout
+    """``fedllm client classify`` (docs/alerts.md)."""
+
+    output: Path | None = None  # flow/alert documents (JSON lines, appended); None: stdout
     which: Literal["global", "local"] = "global"  # model from the state directory to use
     poll_interval_s: float = Field(default=0.5, gt=0)  # --follow: how often to look for new lines
-    warmup: int = Field(default=5, ge=0)  # requests excluded from the latency figures
+    warmup: int = Field(default=5, ge=0)  # flows excluded from the latency figures
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # P(malicious) at which a flow is an alert
+    alerts_only: bool = False  # write alert documents only (the summary still counts every flow)
+    batch_size: int = Field(default=64, ge=1)  # most flows per forward pass
+    max_wait_ms: float = Field(default=200.0, ge=0)  # --follow: longest a flow waits for a batch
+    cache_size: int = Field(default=16384, ge=0)  # prompt texts remembered per model (0: none)
 
 
 class FinalEvalSettings(FrozenSettings):

@@ -1,18 +1,22 @@
-"""Live classification: a Zeek conn.log (with its header, a malformed line), and --follow of
-a growing log through the real CLI process."""
+"""Live classification: a Zeek conn.log (with its header, a malformed line), alerts-only
+output, batching, and --follow of a growing log through the real CLI process ended by SIGTERM
+or SIGINT (the summary must still come)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
 
+from fedllm_client import cli
 from fedllm_client.inference import run_classify, zeek_lines
 from fedllm_client.runtime import ClientRuntime
 from fedllm_client.settings import ClientSettings
@@ -68,27 +72,107 @@ def test_follow_yields_a_line_only_when_it_is_complete(tmp_path: Path) -> None:
     assert next(lines) == (2, "half done\n")
 
 
-def test_follow_mode_classifies_appended_flows_until_interrupted(
+def _run(settings: ClientSettings, log: Path, out: Path, **inference: object) -> None:
+    """Classify ``log`` in-process with some [inference] keys changed."""
+    changed = settings.inference.model_copy(update=inference)
+    assert run_classify(settings.model_copy(update={"inference": changed}), log, output=out) == 0
+
+
+def _summary(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    return dict(json.loads(capsys.readouterr().err.strip().splitlines()[-1]))
+
+
+def test_every_flow_is_an_ecs_document_with_the_model_verdict(
     trained: ClientSettings, tmp_path: Path
+) -> None:
+    log, out = tmp_path / "conn.log", tmp_path / "out.jsonl"
+    log.write_text(HEADER + FLOWS[0] + FLOWS[1])
+    _run(trained, log, out, threshold=0.2)
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    kinds = {d["event"]["kind"] for d in docs}
+    assert kinds <= {"alert", "event"} and [d["fedllm"]["threshold"] for d in docs] == [0.2, 0.2]
+
+
+def test_alerts_only_writes_no_document_for_a_flow_below_the_threshold(
+    trained: ClientSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, out = tmp_path / "conn.log", tmp_path / "alerts.jsonl"
+    log.write_text(HEADER + FLOWS[0] + FLOWS[1])
+    _run(trained, log, out, threshold=0.999999, alerts_only=True)
+    summary = _summary(capsys)
+    assert (out.read_text(), summary["flows"], summary["alerts"]) == ("", 2, 0)
+
+
+def test_alerts_only_writes_every_alert(
+    trained: ClientSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, out = tmp_path / "conn.log", tmp_path / "alerts.jsonl"
+    log.write_text(HEADER + FLOWS[0] + FLOWS[1])
+    _run(trained, log, out, threshold=1e-6, alerts_only=True)
+    kinds = [json.loads(line)["event"]["kind"] for line in out.read_text().splitlines()]
+    assert (kinds, _summary(capsys)["alerts"]) == (["alert", "alert"], 2)
+
+
+def test_flows_are_classified_in_batches_of_at_most_batch_size(
+    trained: ClientSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, out = tmp_path / "conn.log", tmp_path / "out.jsonl"
+    log.write_text(HEADER + "".join(FLOWS * 5))
+    _run(trained, log, out, batch_size=4, max_wait_ms=600_000)
+    summary = _summary(capsys)
+    assert (summary["flows"], summary["batches"], summary["largest_batch"]) == (10, 3, 4)
+
+
+def test_a_repeated_prompt_text_costs_no_second_forward_pass(
+    trained: ClientSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log, out = tmp_path / "conn.log", tmp_path / "out.jsonl"
+    log.write_text(HEADER + "".join(FLOWS * 5))  # 10 flows, 2 distinct texts
+    _run(trained, log, out, batch_size=4, max_wait_ms=600_000)
+    assert _summary(capsys)["cache_hits"] == 8
+
+
+def test_cached_and_fresh_verdicts_agree(trained: ClientSettings, tmp_path: Path) -> None:
+    log = tmp_path / "conn.log"
+    log.write_text(HEADER + "".join(FLOWS * 2))
+    cached, fresh = tmp_path / "cached.jsonl", tmp_path / "fresh.jsonl"
+    _run(trained, log, cached, batch_size=1)
+    _run(trained, log, fresh, batch_size=1, cache_size=0)
+    p = [
+        [json.loads(line)["fedllm"]["p"] for line in f.read_text().splitlines()]
+        for f in (cached, fresh)
+    ]
+    assert p[0] == p[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_follow_mode_batches_what_arrived_and_summarises_on_a_signal(
+    trained: ClientSettings, tmp_path: Path, sig: signal.Signals
 ) -> None:
     config = tmp_path / "client.toml"
     config.write_text(tomli_w.dumps(trained.model_dump(mode="json", exclude_none=True)))
     log, out = tmp_path / "conn.log", tmp_path / "predictions.jsonl"
-    log.write_text(HEADER)
+    log.write_text(HEADER + "".join(FLOWS * 5))  # all there before the reader starts
     argv = [sys.executable, "-m", "fedllm_client.cli", "classify", "--config", str(config)]
-    argv += ["--input", str(log), "--output", str(out), "--follow"]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    argv += ["--input", str(log), "--output", str(out), "--follow", "--batch-size", "4"]
+    env = {**os.environ, "FEDLLM_CLIENT__INFERENCE__MAX_WAIT_MS": "600000"}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        with log.open("a") as fh:
-            fh.writelines(FLOWS)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and (
-            not out.exists() or len(out.read_text().splitlines()) < 2
+            not out.exists() or len(out.read_text().splitlines()) < 10
         ):
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     summary = json.loads(err.strip().splitlines()[-1])
-    assert (proc.returncode, summary["flows"]) == (0, 2)
+    got = (proc.returncode, summary["flows"], summary["batches"], summary["stopped_by"])
+    assert got == (0, 10, 3, sig.name)
+
+
+def test_classify_help_is_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["classify", "--help"])
+    assert "--alerts-only" in capsys.readouterr().out
