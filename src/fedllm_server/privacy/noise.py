@@ -9,8 +9,8 @@ Why not numpy's Generator seeded from `secrets`: PCG64 and Philox are statistica
 A 128-bit seed from `secrets` makes the stream unguessable before it is used, but nothing
 prevents recovering the generator's state from outputs it produced, and DP's guarantee
 assumes the noise is unpredictable to everyone but the process that draws it. The price is
-speed: about 0.1 s per million normals on the 2-core development VM, ten times PCG64
-(bench/dp_accounting.py prints both), once per aggregation and small next to a training round.
+speed: 0.04 s per million normals on the 2-core development VM (best of three), four times
+PCG64 (bench/privacy_accounting.py prints both), once per aggregation: small next to a round.
 `SeededSource` is numpy's PCG64 with a fixed seed: reproducible, for tests and benchmarks
 only, never for privacy.
 
