@@ -23,7 +23,7 @@ Array = npt.NDArray[np.float32]
 TensorDict = dict[str, Array]
 F64 = npt.NDArray[np.float64]
 
-# Entries of one (clients, block) float64 stack: 8 MiB; a sort needs about four such arrays.
+# Entries of one (clients, block) float64 stack: 8 MiB; the sort and a kernel need ~6 more.
 STACK_ELEMENTS = 1 << 20
 NORM_BLOCK = 1 << 17  # float64 cast of a float32 block for ‖Δ‖₂ (1 MiB)
 

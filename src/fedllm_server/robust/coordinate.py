@@ -12,7 +12,8 @@ trimmed away, so pass capped or uniform weights when weights are attacker-contro
 
 Memory: all k updates must be present (the caller holds O(k × model)); the rule itself adds the
 output (one model, float32) and the sort of one (k, block) float64 stack at a time
-(STACK_ELEMENTS entries, about four arrays of 8 MiB), never the whole stacked model.
+(STACK_ELEMENTS entries; with the sort and its temporaries under about 60 MiB), never the
+whole stacked model.
 Per client it reports the share of its weight the rule discarded (trimmed mean) or the share of
 coordinates where its value was the median (median, 0.5 each when two values are averaged).
 """
