@@ -174,7 +174,7 @@ def _detection(exp: ExperimentSettings, state: Mapping[str, Any]) -> dict[str, A
 
 
 def _final_checkpoint(server_state: Path) -> Any:
-    from fedllm_server.checkpoint import CheckpointStore
+    from fedllm_server.durable.checkpoint import CheckpointStore
 
     return CheckpointStore(server_state / "checkpoints").load_latest().checkpoint
 

@@ -35,12 +35,12 @@ from fedllm_proto.tls import RevocationList, server_context
 from fedllm_proto.transport import PreparedMessage, serve
 from fedllm_server import driver, peers
 from fedllm_server.broadcast import encode_global
-from fedllm_server.checkpoint import CheckpointStore
 from fedllm_server.coordinator import RoundConfig, SyncRounds
+from fedllm_server.durable.checkpoint import CheckpointStore
+from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.engine import Engine, RestoreReport
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import MetricsLog
-from fedllm_server.poollog import PoolLog
 from fedllm_server.session import ClientSession
 from fedllm_server.settings import ServerSettings
 

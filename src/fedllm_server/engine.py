@@ -20,8 +20,8 @@ import numpy as np
 
 from fedllm_proto.messages import Update
 from fedllm_server import pool as gsfs_pool
-from fedllm_server.checkpoint import Checkpoint, CheckpointStore
-from fedllm_server.poollog import LoggedUpdate, PoolLog
+from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
+from fedllm_server.durable.poollog import LoggedUpdate, PoolLog
 from fedllm_server.strategies import fedavg, fedopt, gsfs
 from fedllm_server.strategies.base import ClientUpdate, StrategyResult, TensorDict
 from fedllm_server.strategies.fedopt import FedOptState

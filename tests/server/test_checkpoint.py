@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedllm_server.checkpoint import Checkpoint, CheckpointStore
+from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
 
 
 def _ckpt(version: int) -> Checkpoint:

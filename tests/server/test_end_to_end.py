@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fedserver_testkit import ScriptedClient, tiny_settings_dict
 
-from fedllm_server.checkpoint import CheckpointStore
 from fedllm_server.daemon import Running, start
+from fedllm_server.durable.checkpoint import CheckpointStore
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import read_metrics
 from fedllm_server.settings import ServerSettings

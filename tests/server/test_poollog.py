@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedllm_server.poollog import LoggedUpdate, PoolLog, read_log
+from fedllm_server.durable.poollog import LoggedUpdate, PoolLog, read_log
 
 
 def _rec(i: int) -> LoggedUpdate:
