@@ -1,59 +1,60 @@
-"""The aggregation engine: global model, strategy state, round sum / GSFS pool, durability.
+"""The aggregation engine: θ^v and its version, the door, the held updates, durability.
 
-Rules: every method here is synchronous numpy + file I/O and is only ever called from ONE
-worker thread (the daemon's engine executor), so no locks are needed and an accept can never
-interleave with an aggregation. An update is appended (fsynced) to the pool log before it is
-folded or pooled, and the caller Acks only after `accept` returns: nothing acknowledged is lost.
-After each aggregation a checkpoint generation is written and only then the log is reset, so a
-crash between the two replays the same updates into the same version and aggregates again.
-Synchronous rounds fold each update into one running weighted sum (O(model) memory); GSFS keeps
-one entry per client in the pool (that is the algorithm).
+Rules: every method is synchronous numpy + file I/O, called from ONE worker thread (the
+daemon's engine thread) or from a test, so no locks are needed and an accept never interleaves
+with an aggregation. The engine decides nothing about *when*: it validates and logs what
+arrives, and folds, drops and aggregates the updates a schedule names (by update id) when told.
+It is the one owner of the current global version. An accepted update is appended (fsynced) to
+the pool log and held until it is folded; the caller Acks only after `accept` returns, so
+nothing acknowledged is lost. After each aggregation a checkpoint generation is written, then
+the log is reset and every update still held (accepted, not part of this aggregation) is
+appended again: the log always holds exactly what a restart must bring back, and a crash
+between checkpoint and reset replays the same updates into the same version.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from fedllm_proto.messages import Update
-from fedllm_server import pool as gsfs_pool
+from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
-from fedllm_server.durable.poollog import LoggedUpdate, PoolLog
-from fedllm_server.strategies import fedavg, fedopt, gsfs
-from fedllm_server.strategies.base import ClientUpdate, StrategyResult, TensorDict
-from fedllm_server.strategies.fedopt import FedOptState
-from fedllm_server.strategies.settings import (
-    FedAvgSettings,
-    FedOptSettings,
-    GsfsServerSettings,
-    StrategySettings,
-    ValidationSettings,
-)
+from fedllm_server.durable.poollog import PoolLog
+from fedllm_server.strategies.base import Strategy, StrategyResult, Weighing
+from fedllm_server.strategies.settings import ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
-from fedllm_server.validation import DoorState, GlobalRef, UpdateView, Verdict, check_update
+from fedllm_server.tensors import TensorDict
+from fedllm_server.validation import DoorRules, DoorState, GlobalRef, Sender, Verdict, check_update
 
 
 @dataclass(frozen=True)
-class RestoreReport:
+class Loaded:
+    """What start-up found: the version resumed and the checkpoint's metadata."""
+
     version: int
     from_checkpoint: bool
     skipped: list[tuple[int, str]]  # corrupted generations passed over
-    replayed: int  # pool-log records brought back
-    torn_bytes: int
-    resumed_round: int | None  # sync: the round the replayed updates belong to
-    resumed_clients: list[str] = field(default_factory=list)
+    meta: Mapping[str, Any]  # the checkpoint's strategy_meta ({} on a first start)
 
 
 @dataclass(frozen=True)
-class Aggregated:
+class Replayed:
+    """The pool log's records, held again (the schedule hears of them through `replayed`)."""
+
+    updates: list[AcceptedUpdate]
+    torn_bytes: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    """One applied aggregation, durable."""
+
     version: int
     result: StrategyResult[Any]
-    reason: str
-    waited_s: float  # GSFS: time from the wait start to quorum/timeout
-    bytes_in: int
+    bytes_in: int  # update bytes accepted since the previous aggregation
     checkpoint_s: float
 
 
@@ -62,228 +63,126 @@ class Engine:
 
     def __init__(
         self,
-        strategy: StrategySettings,
+        strategy: Strategy,
         validation: ValidationSettings,
         fingerprint: str,
         store: CheckpointStore,
         log: PoolLog,
-        now: float,
     ) -> None:
         self.strategy = strategy
         self.validation = validation
         self.fingerprint = fingerprint
+        self.rules = DoorRules(
+            validation, strategy.max_lag(validation), not strategy.partial_updates
+        )
         self.door = DoorState()
-        self.enrolled: set[str] = set()  # every client admitted so far (GSFS N)
         self.store = store
         self.log = log
-        self.version = 0
+        self._version = 0
         self.global_tensors: TensorDict = {}
-        self.next_round = 0
-        self.fedopt_state = FedOptState()
-        # sync rounds fold into this; GSFS aggregates in it. One instance for the daemon's life,
-        # so every aggregation reuses the same (already touched) float64 sums.
+        self._ref = GlobalRef(fingerprint, 0, {})
+        self.strategy_state: Any = strategy.initial_state()
+        # One accumulator for the daemon's life, so every aggregation reuses the same (already
+        # touched) float64 sums.
         self.acc = WeightedSum(keep_buffers=True)
-        self.round_bytes = 0
-        self.pool = (
-            gsfs_pool.GsfsPool(strategy, now) if isinstance(strategy, GsfsServerSettings) else None
-        )
+        self.held: dict[str, AcceptedUpdate] = {}  # update_id -> accepted, not yet folded
+        self._bytes_in = 0
+
+    @property
+    def version(self) -> int:
+        """The current global version (the event loop may read it; only this thread sets it)."""
+        return self._version
+
+    def _set_global(self, version: int, tensors: TensorDict) -> None:
+        self.global_tensors = tensors
+        self._ref = GlobalRef.from_tensors(self.fingerprint, version, tensors)
+        self._version = version  # last: a reader never sees a version ahead of its tensors
 
     # ------------------------------------------------------------------ start-up
 
-    def restore(self, initial: TensorDict, now: float) -> RestoreReport:
-        """Resume from the newest good checkpoint (or `initial` as version 0) plus the log."""
+    def load(self, initial: TensorDict, now: float) -> Loaded:
+        """Resume from the newest good checkpoint, or start from `initial` as version 0."""
         loaded = self.store.load_latest()
         ckpt = loaded.checkpoint
         if ckpt is None:
-            self.global_tensors = initial
-            self._checkpoint(now)  # version 0 is durable too: a restart reuses the same θ^0
-        else:
-            self._load(ckpt, now)
-        replay = self.log.open(self.version)
-        resumed = self._replay(replay.records, now)
-        return RestoreReport(
-            version=self.version,
-            from_checkpoint=ckpt is not None,
-            skipped=loaded.skipped,
-            replayed=len(replay.records),
-            torn_bytes=replay.torn_bytes,
-            resumed_round=replay.records[0].round if resumed else None,
-            resumed_clients=resumed,
-        )
-
-    def _load(self, ckpt: Checkpoint, now: float) -> None:
-        self.version = ckpt.version
-        self.global_tensors = ckpt.global_state
+            self._set_global(0, initial)
+            return Loaded(0, False, loaded.skipped, {})
+        self._set_global(ckpt.version, ckpt.global_state)
         meta = ckpt.strategy_meta
-        self.next_round = int(meta.get("next_round", 0))
-        self.enrolled = set(meta.get("enrolled", []))
         if "door" in meta:
             self.door = DoorState.from_dict(meta["door"], now)
-        if isinstance(self.strategy, FedOptSettings) and "fedopt_step" in meta:
-            self.fedopt_state = _fedopt_from_arrays(ckpt.strategy_arrays, meta["fedopt_step"])
-        if isinstance(self.strategy, GsfsServerSettings) and "pool" in meta:
-            self.pool = gsfs_pool.GsfsPool.from_dict(self.strategy, meta["pool"], now)
+        self.strategy_state = self.strategy.state_from_arrays(ckpt.strategy_arrays, meta)
+        return Loaded(ckpt.version, True, loaded.skipped, meta)
 
-    def _replay(self, records: list[LoggedUpdate], now: float) -> list[str]:
-        for rec in records:
-            self.door.remember(rec.client_id, rec.update_id, self.validation.replay_memory)
-            self._admit(rec, now)
-        return [rec.client_id for rec in records] if self.pool is None else []
+    def replay(self) -> Replayed:
+        """Open the pool log for the current version and hold what it already holds."""
+        replay = self.log.open(self._version)
+        for update in replay.records:
+            self.door.remember(update.client_id, update.update_id, self.validation.replay_memory)
+            self._hold(update)
+        return Replayed(list(replay.records), replay.torn_bytes)
 
-    # ------------------------------------------------------------------ accepting updates
+    # ------------------------------------------------------------------ arrivals
 
-    def judge(self, client_id: str, fingerprint: str, update: Update, now: float) -> Verdict:
-        """The door's verdict on `update` against the current global model."""
-        ref = GlobalRef.from_tensors(self.fingerprint, self.version, self.global_tensors)
-        view = UpdateView(
-            client_id,
-            update.update_id,
-            fingerprint,
-            update.base_version,
-            update.tensors,
-            update.sample_count,
-        )
-        sync = self.pool is None
-        return check_update(view, ref, self.validation, self.door, now, sync=sync)
-
-    def judge_and_accept(
-        self, client_id: str, fingerprint: str, update: Update, now: float
-    ) -> Verdict:
-        """Validate, then (when accepted) durably log and fold/pool the update."""
-        verdict = self.judge(client_id, fingerprint, update, now)
-        if verdict.accepted:
-            self.accept(_logged(client_id, update, time.time()), now)
+    def accept(self, sender: Sender, update: Update, now: float, wall: float) -> Verdict:
+        """Judge `update` at the door; when accepted, durably log and hold it."""
+        verdict = check_update(update, sender, self._ref, self.rules, self.door, now, wall)
+        if verdict.update is not None:
+            self.log.append(verdict.update)
+            self._hold(verdict.update)
         return verdict
 
-    def accept(self, rec: LoggedUpdate, now: float) -> int:
-        """Durably log and then fold/pool one validated update; returns bytes logged."""
-        size = self.log.append(rec)
-        self._admit(rec, now)
-        return size
+    def _hold(self, update: AcceptedUpdate) -> None:
+        self.held[update.update_id] = update
+        self._bytes_in += update.nbytes
 
-    def _admit(self, rec: LoggedUpdate, now: float) -> None:
-        nbytes = sum(int(t.nbytes) for t in rec.tensors.values())
-        self.round_bytes += nbytes
-        if self.pool is not None:
-            self.pool.add(_pool_entry(rec, now))
-            return
-        update = ClientUpdate(rec.client_id, rec.tensors, rec.sample_count, rec.base_version)
-        self.acc.add(rec.client_id, rec.tensors, self._sync_weight(update))
+    def fold(self, weights: Mapping[str, int]) -> None:
+        """Fold the held updates named (update_id -> f_i) into the running sum; drop them."""
+        for update_id, frequency in weights.items():
+            update = self.held.pop(update_id)  # a schedule names only what was accepted
+            self.strategy.fold(self.acc, update, Weighing(self._version, frequency))
 
-    def _sync_weight(self, update: ClientUpdate) -> float:
-        if isinstance(self.strategy, FedOptSettings):
-            return fedopt.weight(update, self.strategy)
-        assert isinstance(self.strategy, FedAvgSettings)
-        return fedavg.weight(update, self.strategy)
+    def drop(self, update_ids: Iterable[str]) -> None:
+        """Forget superseded updates (their log records stay until the next reset)."""
+        for update_id in update_ids:
+            self.held.pop(update_id, None)
 
     # ------------------------------------------------------------------ aggregating
 
-    def enroll(self, client_id: str) -> None:
-        self.enrolled.add(client_id)
-
-    def pool_due(self, now: float) -> gsfs_pool.AggregationReason | None:
-        """GSFS: quorum | timeout when the pool should be aggregated now, else None."""
-        return None if self.pool is None else self.pool.due(now, len(self.enrolled))
-
-    def pool_deadline(self, now: float) -> float | None:
-        return None if self.pool is None else self.pool.next_deadline(now, len(self.enrolled))
-
-    def aggregate_round(self, reason: str, next_round: int, now: float) -> Aggregated:
-        """Apply the running sum of the closed round; checkpoint; reset the log."""
-        new_version = self.version + 1
-        result: StrategyResult[Any]
+    def aggregate(
+        self, fold: Mapping[str, int], durable: Mapping[str, Any], now: float
+    ) -> Committed:
+        """Fold `fold`, apply the sum (raises EmptyAggregationError), checkpoint with the
+        schedule's `durable` state, reset the log."""
         try:
-            if isinstance(self.strategy, FedOptSettings):
-                result = fedopt.finish(
-                    self.global_tensors, self.acc, self.fedopt_state, self.strategy, new_version
-                )
-                self.fedopt_state = result.state
-            else:
-                result = fedavg.finish(self.global_tensors, self.acc, new_version)
-        finally:
-            self.acc.reset()  # aggregated or empty: the next round starts from no sums
-        self.next_round = next_round
-        return self._commit(result, reason, 0.0, now)
-
-    def aggregate_pool(self, reason: gsfs_pool.AggregationReason, now: float) -> Aggregated:
-        """Take the GSFS pool and apply it (paper eq. 13-14); checkpoint; reset the log."""
-        assert self.pool is not None and isinstance(self.strategy, GsfsServerSettings)
-        batch = self.pool.take(now, reason)
-        try:
-            result = gsfs.aggregate(
-                self.global_tensors, batch.updates, self.version, self.strategy, self.acc
+            self.fold(fold)
+            result = self.strategy.finish(
+                self.global_tensors, self.acc, self.strategy_state, self._version + 1
             )
         finally:
-            self.acc.reset()
-        return self._commit(result, reason, batch.waited_s, now)
-
-    def _commit(
-        self, result: StrategyResult[Any], reason: str, waited: float, now: float
-    ) -> Aggregated:
-        self.global_tensors = result.global_tensors
-        self.version = result.metrics.version
-        bytes_in, self.round_bytes = self.round_bytes, 0
+            self.acc.reset()  # aggregated or empty: the next one starts from no sums
+        self.strategy_state = result.state
+        self._set_global(result.metrics.version, result.global_tensors)
+        bytes_in, self._bytes_in = self._bytes_in, 0
         started = time.perf_counter()
-        self._checkpoint(now, result.metrics.to_dict())
-        elapsed = time.perf_counter() - started
-        return Aggregated(self.version, result, reason, waited, bytes_in, elapsed)
+        self.checkpoint(durable, now, result.metrics.to_dict())
+        return Committed(self._version, result, bytes_in, time.perf_counter() - started)
 
-    def _checkpoint(self, now: float, metrics: dict[str, Any] | None = None) -> None:
+    def checkpoint(
+        self, durable: Mapping[str, Any], now: float, metrics: dict[str, Any] | None = None
+    ) -> None:
+        """Write the current version's generation, then start its log (held updates again)."""
+        arrays, strategy_meta = self.strategy.state_to_arrays(self.strategy_state)
         meta: dict[str, Any] = {
             "strategy": self.strategy.name,
-            "next_round": self.next_round,
-            "enrolled": sorted(self.enrolled),
             "door": self.door.to_dict(now),
+            **durable,
+            **strategy_meta,
         }
-        arrays: TensorDict = {}
-        if isinstance(self.strategy, FedOptSettings):
-            meta["fedopt_step"] = self.fedopt_state.step
-            arrays = _fedopt_to_arrays(self.fedopt_state)
-        if self.pool is not None:
-            pool_state = self.pool.to_dict(now)
-            pool_state["entries"] = []  # pooled updates live in the log, not the checkpoint
-            meta["pool"] = pool_state
-        self.store.save(Checkpoint(self.version, self.global_tensors, arrays, meta, metrics or {}))
-        self.log.reset(self.version)  # only now: the checkpoint is durable
+        self.store.save(Checkpoint(self._version, self.global_tensors, arrays, meta, metrics or {}))
+        self.log.reset(self._version)  # only now: the checkpoint is durable
+        for update in self.held.values():
+            self.log.append(update)
 
     def close(self) -> None:
         self.log.close()
-
-
-def _logged(client_id: str, update: Update, wall: float) -> LoggedUpdate:
-    return LoggedUpdate(
-        client_id=client_id,
-        update_id=update.update_id,
-        base_version=update.base_version,
-        round=update.round,
-        sample_count=update.sample_count,
-        trigger=str(update.trigger),
-        accepted_at=wall,
-        metrics=dict(update.metrics),
-        tensors=dict(update.tensors),
-    )
-
-
-def _pool_entry(rec: LoggedUpdate, now: float) -> gsfs_pool.PoolEntry:
-    # A replayed entry arrives "now": the previous process's monotonic clock means nothing here.
-    return gsfs_pool.PoolEntry(
-        client_id=rec.client_id,
-        update_id=rec.update_id,
-        base_version=rec.base_version,
-        arrival=now,
-        sample_count=rec.sample_count,
-        trigger=rec.trigger,
-        tensors=rec.tensors,
-    )
-
-
-def _fedopt_to_arrays(state: FedOptState) -> TensorDict:
-    arrays = {f"m/{k}": v for k, v in state.m.items()}
-    arrays.update({f"u/{k}": v for k, v in state.u.items()})
-    return arrays
-
-
-def _fedopt_from_arrays(arrays: TensorDict, step: int) -> FedOptState:
-    m = {k[2:]: np.ascontiguousarray(v) for k, v in arrays.items() if k.startswith("m/")}
-    u = {k[2:]: np.ascontiguousarray(v) for k, v in arrays.items() if k.startswith("u/")}
-    return FedOptState(m=m, u=u, step=int(step))

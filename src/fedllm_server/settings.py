@@ -16,11 +16,8 @@ from pydantic import Field, model_validator
 from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
 from fedllm_core.settings import FrozenSettings
-from fedllm_server.strategies.settings import (
-    FedAvgSettings,
-    StrategySettings,
-    ValidationSettings,
-)
+from fedllm_server.strategies.registry import StrategySettings
+from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
 
 ENV_PREFIX = "FEDLLM_SERVER"
 
@@ -112,7 +109,3 @@ class ServerSettings(FrozenSettings):
     @property
     def metrics_path(self) -> Path:
         return self.metrics_file or self.state_dir / "metrics.jsonl"
-
-    @property
-    def is_sync(self) -> bool:
-        return self.strategy.name in ("fedavg", "fedopt")

@@ -1,16 +1,17 @@
 """Checks at the door: every update is judged here before it touches a round or the GSFS pool.
 
-Rules: the verdict is a `fedllm_proto.messages.RejectCode` or None. Checks run cheapest first
-so a flood costs O(1) per message: fingerprint, 1 ≤ sample_count ≤ max_sample_count (as
-`unexpected`: n_i is a FedAvg weight, so an unbounded one is a model replacement),
-future_version, too_stale, replay, rate_limited (one token per update that reaches the gate,
-accepted or not), then the O(model) tensor checks tensor_mismatch, non_finite (naming the
-first tensor holding NaN or inf), norm_too_large. The norm is computed (and carried in the
-verdict, for the logs) whenever the tensor checks ran; it is always finite. An accepted
-update's id is
-remembered (per-client LRU) so a replay is refused. `DoorState` is the only state; it is
-explicit, bounded, serialisable and changed only by `check_update`/`validate_update`. No clock:
-`now` is an argument.
+Rules: the verdict is a `fedllm_proto.messages.RejectCode` or, on acceptance, the one
+`AcceptedUpdate` record everything after the door uses. Checks run cheapest first so a flood
+costs O(1) per message: fingerprint, 1 ≤ sample_count ≤ max_sample_count (as `unexpected`:
+n_i is a FedAvg weight, so an unbounded one is a model replacement), future_version, too_stale
+(a lag over `max_lag`: 0 for synchronous rounds, the schedule says), replay, rate_limited (one
+token per update that reaches the gate, accepted or not), then the O(model) tensor checks
+tensor_mismatch (`exact`: every global tensor, as FedAvg/FedOpt need; else a subset),
+non_finite (naming the first tensor holding NaN or inf), norm_too_large. The norm is computed
+(and carried in the verdict, for the logs) whenever the tensor checks ran; it is always finite.
+An accepted update's id is remembered (per-client LRU) so a replay is refused. `DoorState` is
+the only state; it is explicit, bounded, serialisable and changed only by `check_update`.
+No clock: `now` (monotonic) and `wall` (the record's timestamp) are arguments.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedllm_proto.messages import RejectCode
-from fedllm_server.strategies.base import l2_norm
+from fedllm_proto.messages import RejectCode, Update
+from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.strategies.settings import ValidationSettings
+from fedllm_server.tensors import l2_norm
 
 TensorSpec = tuple[tuple[int, ...], str]  # (shape, dtype name)
 
@@ -48,24 +50,30 @@ class GlobalRef:
 
 
 @dataclass(frozen=True)
-class UpdateView:
-    """The fields of an incoming update the door looks at."""
+class Sender:
+    """Who sent an update: the session's client id and the fingerprint it was admitted with."""
 
     client_id: str
-    update_id: str
-    fingerprint: str  # the fingerprint the client's session was admitted with
-    base_version: int
-    tensors: Mapping[str, npt.NDArray[Any]]
-    sample_count: int  # n_i, the client's weight in FedAvg/FedOpt (and GSFS with weighting)
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class DoorRules:
+    """The checks' parameters: the settings, plus what the strategy and schedule allow."""
+
+    settings: ValidationSettings
+    max_lag: int  # versions an update may lag behind (0: synchronous rounds)
+    exact: bool  # every global tensor required (FedAvg/FedOpt); False: a subset (GSFS)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A door decision with the detail for the Reject message and the norm for the pool."""
+    """A door decision: the accepted record, or a code with the detail for the Reject."""
 
     code: RejectCode | None
     detail: str = ""
     norm: float | None = None  # ‖Δ‖₂, computed whenever the tensor checks ran
+    update: AcceptedUpdate | None = None  # set exactly when accepted
 
     @property
     def accepted(self) -> bool:
@@ -144,7 +152,7 @@ def check_sample_count(n: int, cap: int) -> Verdict | None:
 def check_layout(
     tensors: Mapping[str, npt.NDArray[Any]], specs: Mapping[str, TensorSpec], exact: bool
 ) -> Verdict | None:
-    """Names ⊆ global names (== when `exact`, i.e. synchronous strategies), shapes, dtypes."""
+    """Names ⊆ global names (== when `exact`: FedAvg/FedOpt need them all), shapes, dtypes."""
     unknown = sorted(set(tensors) - set(specs))
     if unknown:
         return Verdict(RejectCode.TENSOR_MISMATCH, f"unknown tensors {unknown[:5]}")
@@ -185,13 +193,13 @@ def _norm_without_overflow(tensors: Mapping[str, npt.NDArray[Any]]) -> float:
 
 
 def _gate(
-    update: UpdateView, settings: ValidationSettings, door: DoorState, now: float
+    update: Update, client_id: str, settings: ValidationSettings, door: DoorState, now: float
 ) -> Verdict | None:
     """Replay, then rate limit (takes a token whether or not the rest passes)."""
-    if update.update_id in door.seen.get(update.client_id, ()):
+    if update.update_id in door.seen.get(client_id, ()):
         return Verdict(RejectCode.REPLAY, f"update_id {update.update_id} already accepted")
     capacity = float(settings.rate_limit_updates)
-    bucket = door.buckets.setdefault(update.client_id, TokenBucket(capacity, now))
+    bucket = door.buckets.setdefault(client_id, TokenBucket(capacity, now))
     if not bucket.take(now, capacity, capacity / settings.rate_limit_window_s):
         window = settings.rate_limit_window_s
         return Verdict(RejectCode.RATE_LIMITED, f"> {capacity:g} updates per {window:g} s")
@@ -199,44 +207,44 @@ def _gate(
 
 
 def check_update(
-    update: UpdateView,
+    update: Update,
+    sender: Sender,
     ref: GlobalRef,
-    settings: ValidationSettings,
+    rules: DoorRules,
     door: DoorState,
     now: float,
-    *,
-    sync: bool = False,
+    wall: float = 0.0,
 ) -> Verdict:
-    """Judge one update; on acceptance its id is remembered in `door`.
-
-    `sync=True` (FedAvg/FedOpt rounds) requires every global tensor and base_version equal to
-    the current version; otherwise (GSFS) a subset of tensors and up to max_staleness lag.
-    """
-    if update.fingerprint != ref.fingerprint:
+    """Judge one update; on acceptance its id is remembered in `door` and the verdict carries
+    the `AcceptedUpdate` (stamped `wall`, with the norm the checks computed)."""
+    settings = rules.settings
+    if sender.fingerprint != ref.fingerprint:
         return Verdict(RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
     bad_count = check_sample_count(update.sample_count, settings.max_sample_count)
     if bad_count is not None:
         return bad_count
-    staleness = 0 if sync else settings.max_staleness
-    early = check_version(update.base_version, ref.version, staleness)
-    early = early or _gate(update, settings, door, now)
-    early = early or check_layout(update.tensors, ref.specs, exact=sync)
+    early = check_version(update.base_version, ref.version, rules.max_lag)
+    early = early or _gate(update, sender.client_id, settings, door, now)
+    early = early or check_layout(update.tensors, ref.specs, exact=rules.exact)
     if early is not None:
         return early
     verdict = check_values(update.tensors, settings.max_l2_norm)
-    if verdict.accepted:
-        door.remember(update.client_id, update.update_id, settings.replay_memory)
-    return verdict
+    if not verdict.accepted or verdict.norm is None:
+        return verdict
+    door.remember(sender.client_id, update.update_id, settings.replay_memory)
+    return Verdict(None, "", verdict.norm, _record(update, sender.client_id, wall, verdict.norm))
 
 
-def validate_update(
-    update: UpdateView,
-    ref: GlobalRef,
-    settings: ValidationSettings,
-    door: DoorState,
-    now: float,
-    *,
-    sync: bool = False,
-) -> RejectCode | None:
-    """The door's verdict as a code only (see `check_update` for detail and norm)."""
-    return check_update(update, ref, settings, door, now, sync=sync).code
+def _record(update: Update, client_id: str, wall: float, norm: float) -> AcceptedUpdate:
+    return AcceptedUpdate(
+        client_id=client_id,
+        update_id=update.update_id,
+        base_version=update.base_version,
+        round=update.round,
+        sample_count=update.sample_count,
+        trigger=str(update.trigger),
+        accepted_at=wall,
+        metrics=dict(update.metrics),
+        tensors=dict(update.tensors),
+        norm=norm,
+    )

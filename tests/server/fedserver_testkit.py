@@ -34,6 +34,8 @@ from fedllm_proto.messages import (
     Welcome,
 )
 from fedllm_proto.transport import Peer, PeerClosed, connect
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.tensors import l2_norm
 
 TINY_MODEL: dict[str, Any] = {
     "name": "bert",
@@ -48,6 +50,31 @@ TINY_MODEL: dict[str, Any] = {
     },
 }
 TINY_DATA: dict[str, Any] = {"max_rows": 600, "test_max": 40}
+
+
+def accepted(
+    client_id: str,
+    update_id: str = "",
+    *,
+    base: int = 0,
+    round: int = -1,
+    n: int = 1,
+    **tensors: np.ndarray,
+) -> AcceptedUpdate:
+    """An accepted-update record as the door makes it (norm measured), for unit tests."""
+    tensors = tensors or {"w": np.zeros(1, np.float32)}
+    return AcceptedUpdate(
+        client_id=client_id,
+        update_id=update_id or f"{client_id}-u",
+        base_version=base,
+        round=round,
+        sample_count=n,
+        trigger="round" if round >= 0 else "performance",
+        accepted_at=0.0,
+        metrics={},
+        tensors=dict(tensors),
+        norm=l2_norm(tensors),
+    )
 
 
 def tiny_settings_dict(

@@ -44,7 +44,7 @@ def _with_daemon(tmp_path: Path, attack: Callable[[Running], Awaitable[Any]]) ->
             async with asyncio.timeout(30):
                 return await attack(running)
         finally:
-            running.server.request_stop("test done")
+            running.state.request_stop("test done")
             await asyncio.wait_for(running.wait(), 60)
 
     return asyncio.run(run())
@@ -81,7 +81,7 @@ def test_an_update_far_larger_than_the_model_is_refused_before_its_body(tmp_path
     async def attack(running: Running) -> Error:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         conn = Connection(Role.CLIENT)
-        hello = Hello(PROTOCOL_VERSIONS, running.server.fingerprint, (), 10, -1, "attacker")
+        hello = Hello(PROTOCOL_VERSIONS, running.state.fingerprint, (), 10, -1, "attacker")
         writer.write(conn.send(hello, 0.0))
         await _next(conn, reader, GlobalModel)
         assert conn.protocol_version is not None
@@ -96,7 +96,7 @@ def test_an_update_far_larger_than_the_model_is_refused_before_its_body(tmp_path
 
 
 def _client(running: Running, **kw: Any) -> ScriptedClient:
-    fingerprint = running.server.fingerprint
+    fingerprint = running.state.fingerprint
     return ScriptedClient("client-1", "127.0.0.1", running.port, None, fingerprint, **kw)
 
 

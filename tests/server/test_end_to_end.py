@@ -33,7 +33,7 @@ async def _federation(
             "127.0.0.1",
             running.port,
             pki.client_context(name),
-            running.server.fingerprint,
+            running.state.fingerprint,
             sample_count=50 * (i + 1),
             seed=i,
         )
@@ -147,7 +147,7 @@ async def _lopsided(settings: ServerSettings, pki: Any, quiet: str) -> list[Scri
             "127.0.0.1",
             running.port,
             pki.client_context(name),
-            running.server.fingerprint,
+            running.state.fingerprint,
             seed=i,
         )
         for i, name in enumerate(CLIENTS)

@@ -56,7 +56,7 @@ def _client(pki: Any, running: Running, name: str, seed: int, **kw: Any) -> Scri
         "127.0.0.1",
         running.port,
         pki.client_context(name),
-        running.server.fingerprint,
+        running.state.fingerprint,
         seed=seed,
         **kw,
     )
@@ -229,7 +229,7 @@ def corrupted_restart(tmp_path: Path, pki: Any) -> Running:
 
     async def restart() -> Running:
         running = await start(settings, CentralModel(settings), install_signals=False)
-        running.server.request_stop("test")
+        running.state.request_stop("test")
         await running.wait()
         return running
 
@@ -237,4 +237,4 @@ def corrupted_restart(tmp_path: Path, pki: Any) -> Running:
 
 
 def test_corrupted_checkpoint_falls_back_to_previous(corrupted_restart: Running) -> None:
-    assert corrupted_restart.server.engine.version == 2
+    assert corrupted_restart.state.engine.version == 2

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedllm_server.durable.poollog import LoggedUpdate, PoolLog, read_log
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.durable.poollog import PoolLog, read_log
+from fedllm_server.tensors import l2_norm
 
 
-def _rec(i: int) -> LoggedUpdate:
-    return LoggedUpdate(
+def _rec(i: int) -> AcceptedUpdate:
+    tensors = {"w": np.full((2, 3), i, np.float32), "h": np.arange(4, dtype=np.float32)}
+    return AcceptedUpdate(
         client_id=f"c{i}",
         update_id=f"u{i}",
         base_version=4,
@@ -19,7 +22,8 @@ def _rec(i: int) -> LoggedUpdate:
         trigger="performance",
         accepted_at=float(i),
         metrics={"f1_macro": 0.5},
-        tensors={"w": np.full((2, 3), i, np.float32), "h": np.arange(4, dtype=np.float32)},
+        tensors=tensors,
+        norm=l2_norm(tensors),
     )
 
 
@@ -40,6 +44,15 @@ def test_replayed_tensors_are_identical(tmp_path: Path) -> None:
     log.close()
     (rec,) = read_log(tmp_path / "pool.log").records
     np.testing.assert_array_equal(rec.tensors["w"], _rec(7).tensors["w"])
+
+
+def test_a_replayed_record_carries_the_norm_the_door_gave(tmp_path: Path) -> None:
+    log = PoolLog(tmp_path / "pool.log")
+    log.open(4)
+    log.append(_rec(3))
+    log.close()
+    (rec,) = read_log(tmp_path / "pool.log").records
+    assert rec.norm == _rec(3).norm
 
 
 def test_torn_tail_is_dropped_and_appends_continue(tmp_path: Path) -> None:

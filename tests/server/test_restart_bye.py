@@ -30,7 +30,7 @@ async def _started(tmp_path: Path, pki: PkiPaths, **extra: Any) -> Running:
 async def _joined(running: Running, pki: PkiPaths, name: str) -> ScriptedClient:
     paths = pki.clients[name]
     ctx = client_context(pki.ca_cert, paths.cert, paths.key)
-    client = ScriptedClient(name, "127.0.0.1", running.port, ctx, running.server.fingerprint)
+    client = ScriptedClient(name, "127.0.0.1", running.port, ctx, running.state.fingerprint)
     await client.connect()
     return client
 
@@ -56,7 +56,7 @@ def test_a_server_told_to_stop_says_restarting(tmp_path: Path, pki: Any) -> None
     async def main() -> tuple[ByeCode | None, int]:
         running = await _started(tmp_path, pki.federation)
         client = await _joined(running, pki.federation, "client-1")
-        running.server.request_stop("sigterm")  # what the SIGTERM handler calls
+        running.state.request_stop("sigterm")  # what the SIGTERM handler calls
         return await _ending(client, running)
 
     assert asyncio.run(main()) == (ByeCode.RESTARTING, 0)
@@ -85,13 +85,13 @@ def test_sighup_reload_sends_revoked_to_a_connected_client_it_revokes(tmp_path: 
         revoked = await _joined(running, pki, "client-1")
         await _joined(running, pki, "client-2")
         revoke(pki.dir, "client-1")
-        running.server.reload_revocations()  # what the SIGHUP handler calls
+        running.reload_revocations()  # what the SIGHUP handler calls
         code = await _bye_code(revoked)
         async with asyncio.timeout(30):
-            while "client-1" in running.server.sessions:
+            while "client-1" in running.state.sessions:
                 await asyncio.sleep(0.01)
-        left = set(running.server.sessions)
-        running.server.request_stop("test done")
+        left = set(running.state.sessions)
+        running.state.request_stop("test done")
         await asyncio.wait_for(running.wait(), 60)
         return code, left
 

@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fedllm_proto.codec import Encoding
+from fedllm_proto.messages import TriggerReason, Update
 from fedllm_server.strategies import ValidationSettings
 from fedllm_server.validation import (
+    DoorRules,
     DoorState,
     GlobalRef,
     RejectCode,
-    UpdateView,
+    Sender,
+    Verdict,
     check_update,
-    validate_update,
 )
 
 GLOBAL = {"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float32)}
 REF = GlobalRef.from_tensors("fp1", version=10, tensors=GLOBAL)
 SETTINGS = ValidationSettings(max_l2_norm=10.0, max_staleness=2)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    update: Update
+    sender: Sender
+
+
+def message(uid: str, base: int, n: int, tensors: dict[str, np.ndarray]) -> Update:
+    """An Update; one the wire would refuse to build (n < 0) is built anyway, fields set one
+    by one, because the door must not rely on the codec's checks."""
+    fields = (uid, base, -1, n, TriggerReason.PERFORMANCE, {"f1_macro": 0.5}, tensors)
+    try:
+        return Update(*fields)
+    except Exception:
+        msg = object.__new__(Update)
+        names = ("update_id", "base_version", "round", "sample_count", "trigger", "metrics")
+        values = (*fields, Encoding.RAW)
+        for name, value in zip((*names, "tensors", "encoding"), values, strict=True):
+            object.__setattr__(msg, name, value)
+        return msg
 
 
 def view(
@@ -30,15 +56,35 @@ def view(
     cid: str = "c1",
     n: int = 10,
     **tensors: np.ndarray,
-) -> UpdateView:
+) -> Arrival:
     tensors = tensors or {"a": np.ones((2, 2), np.float32), "b": np.ones(3, np.float32)}
-    return UpdateView(cid, uid, fp, base, tensors, n)
+    return Arrival(message(uid, base, n, tensors), Sender(cid, fp))
+
+
+def judge(
+    arrival: Arrival,
+    settings_: ValidationSettings = SETTINGS,
+    door: DoorState | None = None,
+    now: float = 0.0,
+    *,
+    sync: bool = False,
+) -> Verdict:
+    """The door as FedAvg/FedOpt (`sync`: no lag, every tensor) or GSFS use it."""
+    rules = DoorRules(settings_, 0 if sync else settings_.max_staleness, exact=sync)
+    return check_update(arrival.update, arrival.sender, REF, rules, door or DoorState(), now)
+
+
+def validate_update(
+    arrival: Arrival, ref: GlobalRef, settings_: ValidationSettings, door: DoorState, now: float
+) -> RejectCode | None:
+    assert ref is REF
+    return judge(arrival, settings_, door, now).code
 
 
 def verdict(
-    update: UpdateView, door: DoorState | None = None, now: float = 0.0, **kw: object
+    update: Arrival, door: DoorState | None = None, now: float = 0.0, *, sync: bool = False
 ) -> RejectCode | None:
-    return validate_update(update, REF, SETTINGS, door or DoorState(), now, **kw)  # type: ignore[arg-type]
+    return judge(update, SETTINGS, door, now, sync=sync).code
 
 
 def test_good_update_accepted() -> None:
@@ -47,8 +93,18 @@ def test_good_update_accepted() -> None:
 
 def test_accepted_verdict_carries_norm() -> None:
     # 7 ones -> ‖Δ‖ = √7
-    got = check_update(view(), REF, SETTINGS, DoorState(), 0.0)
+    got = judge(view())
     assert got.norm == pytest.approx(7**0.5)
+
+
+def test_accepted_verdict_carries_the_record_with_that_norm() -> None:
+    got = judge(view(uid="x", cid="c9"))
+    assert got.update is not None and (got.update.update_id, got.update.client_id) == ("x", "c9")
+    assert got.update.norm == got.norm
+
+
+def test_rejected_verdict_carries_no_record() -> None:
+    assert judge(view(base=11)).update is None
 
 
 def test_fingerprint_mismatch() -> None:
@@ -78,10 +134,7 @@ def test_partial_update_refused_for_sync() -> None:
 
 
 def test_empty_update_refused() -> None:
-    assert (
-        validate_update(UpdateView("c1", "u", "fp1", 10, {}, 10), REF, SETTINGS, DoorState(), 0)
-        == "tensor_mismatch"
-    )
+    assert verdict(Arrival(message("u", 10, 10, {}), Sender("c1", "fp1"))) == "tensor_mismatch"
 
 
 def test_nan_is_non_finite() -> None:
@@ -169,8 +222,7 @@ def test_bad_tensors_still_cost_a_token() -> None:
 
 
 def test_zero_sample_count_is_unexpected() -> None:
-    update = UpdateView("c1", "u1", "fp1", 10, {"b": np.ones(3, np.float32)}, sample_count=0)
-    assert verdict(update) == RejectCode.UNEXPECTED
+    assert verdict(view(n=0, b=np.ones(3, np.float32))) == RejectCode.UNEXPECTED
 
 
 @pytest.mark.parametrize("n", [-1, -(2**63), 2**63 - 1, SETTINGS.max_sample_count + 1])
@@ -195,13 +247,13 @@ def test_sample_count_is_checked_before_a_rate_limit_token_is_taken() -> None:
 
 def test_non_finite_reject_names_the_tensor() -> None:
     update = view(a=np.ones((2, 2), np.float32), b=np.array([0, np.nan, 0], np.float32))
-    detail = check_update(update, REF, SETTINGS, DoorState(), 0.0).detail
+    detail = judge(update).detail
     assert "'b'" in detail
 
 
 def test_norm_of_huge_finite_values_is_finite_and_exact() -> None:
     update = view(a=np.full((2, 2), 1e30, np.float32), b=np.zeros(3, np.float32))
-    got = check_update(update, REF, ValidationSettings(), DoorState(), 0.0)
+    got = judge(update, ValidationSettings())
     assert got.norm == pytest.approx(2e30, rel=1e-6)
 
 

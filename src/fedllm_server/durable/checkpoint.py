@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.numpy
 
 from fedllm_core.files import atomic_write
 from fedllm_core.tensorfile import write_safetensors
-
-TensorDict = dict[str, np.ndarray]
+from fedllm_server.tensors import TensorDict
 
 KEEP_GENERATIONS = 2
 _MANIFEST = re.compile(r"^checkpoint-(\d{8})\.json$")

@@ -41,8 +41,8 @@ import numpy as np
 
 from fedllm_core.files import atomic_write
 from fedllm_core.tensorfile import raw_view
-
-TensorDict = dict[str, np.ndarray]
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.tensors import TensorDict, l2_norm
 
 _MAGIC = b"FLOG"
 _HEADER = struct.Struct("<4sIqQ")  # magic, format, version, epoch (+ u32 crc32 of these)
@@ -54,32 +54,18 @@ _FORMAT = 2
 
 
 @dataclass(frozen=True)
-class LoggedUpdate:
-    """One accepted update as the pool needs it back after a restart."""
-
-    client_id: str
-    update_id: str
-    base_version: int
-    round: int
-    sample_count: int
-    trigger: str
-    accepted_at: float
-    metrics: dict[str, float]
-    tensors: TensorDict
-
-
-@dataclass(frozen=True)
 class Replay:
     version: int | None  # header version; None when there was no usable log
-    records: list[LoggedUpdate]
+    records: list[AcceptedUpdate]
     torn_bytes: int  # size of a torn last append (0: none)
     end: int = 0  # file offset just past the last good record (where appends continue)
     epoch: int = 0
 
 
-def record_parts(rec: LoggedUpdate) -> list[bytes | memoryview]:
+def record_parts(rec: AcceptedUpdate) -> list[bytes | memoryview]:
     """A record's payload as pieces: u32 header length, msgpack header, then each tensor's
-    own bytes (views, not copies: a 100 MB update is written from where it lies)."""
+    own bytes (views, not copies: a 100 MB update is written from where it lies). The norm
+    is not written (format 2 predates it): `decode_record` measures it again."""
     specs = [[k, str(v.dtype), list(v.shape)] for k, v in rec.tensors.items()]
     header = {
         "client_id": rec.client_id,
@@ -96,7 +82,7 @@ def record_parts(rec: LoggedUpdate) -> list[bytes | memoryview]:
     return [struct.pack("<I", len(head)), head, *(raw_view(v) for v in rec.tensors.values())]
 
 
-def decode_record(payload: bytes | bytearray | memoryview) -> LoggedUpdate:
+def decode_record(payload: bytes | bytearray | memoryview) -> AcceptedUpdate:
     """The record in ``payload``; its tensors are views into it (no copy)."""
     (head_len,) = struct.unpack_from("<I", payload)
     header: dict[str, Any] = msgpack.unpackb(payload[4 : 4 + head_len])
@@ -109,7 +95,7 @@ def decode_record(payload: bytes | bytearray | memoryview) -> LoggedUpdate:
         tensors[name] = arr.reshape(shape)
         offset += count * dtype.itemsize
     fields = {k: v for k, v in header.items() if k != "tensors"}
-    return LoggedUpdate(tensors=tensors, **fields)
+    return AcceptedUpdate(tensors=tensors, norm=l2_norm(tensors), **fields)
 
 
 def _record_crc(epoch: int, parts: list[bytes | memoryview] | list[bytearray]) -> int:
@@ -140,9 +126,9 @@ def _read_header(fh: io.BufferedIOBase) -> tuple[int, int] | None:
     return version, epoch
 
 
-def _read_records(fh: io.BufferedIOBase, epoch: int) -> tuple[list[LoggedUpdate], int, int]:
+def _read_records(fh: io.BufferedIOBase, epoch: int) -> tuple[list[AcceptedUpdate], int, int]:
     """Records of ``epoch`` from the current position: (records, end offset, torn bytes)."""
-    records: list[LoggedUpdate] = []
+    records: list[AcceptedUpdate] = []
     size = os.fstat(fh.fileno()).st_size
     while True:
         end = fh.tell()
@@ -187,6 +173,7 @@ class PoolLog:
     def open(self, version: int) -> Replay:
         """Open for appending to ``version``'s log, returning what it already held."""
         replay = read_log(self.path)
+        self.close()  # a checkpoint just before may have opened it (reset): one handle only
         if replay.version != version:
             self.reset(version)
             return Replay(replay.version, [], replay.torn_bytes)
@@ -195,7 +182,7 @@ class PoolLog:
         self._epoch = replay.epoch
         return replay
 
-    def append(self, rec: LoggedUpdate) -> int:
+    def append(self, rec: AcceptedUpdate) -> int:
         """Durably append one record; return its size in bytes."""
         if self._fh is None:
             raise RuntimeError("pool log is not open")

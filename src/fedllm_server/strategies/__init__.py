@@ -1,46 +1,45 @@
-"""Pure federated strategies over TensorDicts: FedAvg, FedOpt (adam/yogi/adagrad), GSFS.
+"""Federated strategies: FedAvg, FedOpt (adam/yogi/adagrad), GSFS, behind one `Strategy` contract.
 
-Each module exposes `aggregate(...) -> StrategyResult` (new global, new state, metrics) and the
-pieces to fold updates on arrival (`weight`, `WeightedSum.add`, `finish`). Formulas and settings:
-docs/strategies.md; the spec is gsfs.md.
+Each strategy is a class in its own module (`fedavg`, `fedopt`, `gsfs`) built once by
+`registry.make_strategy(settings)`; the arithmetic is fold-then-finish over a `WeightedSum`.
+Formulas and settings: docs/strategies.md; the spec is gsfs.md. This package's own import is
+light on purpose (the registry imports the schedules, which import the settings from here).
 """
 
-from fedllm_server.strategies import fedavg, fedopt, gsfs
 from fedllm_server.strategies.base import (
     AggregationMetrics,
-    ClientUpdate,
     EmptyAggregationError,
+    Strategy,
     StrategyResult,
     TensorDict,
+    Weighing,
+    aggregate,
     apply_step,
     l2_norm,
 )
-from fedllm_server.strategies.fedopt import FedOptState
 from fedllm_server.strategies.settings import (
     FedAvgSettings,
     FedOptSettings,
     GsfsServerSettings,
-    StrategySettings,
+    StrategySettingsBase,
     ValidationSettings,
 )
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 __all__ = [
     "AggregationMetrics",
-    "ClientUpdate",
     "EmptyAggregationError",
     "FedAvgSettings",
     "FedOptSettings",
-    "FedOptState",
     "GsfsServerSettings",
+    "Strategy",
     "StrategyResult",
-    "StrategySettings",
+    "StrategySettingsBase",
     "TensorDict",
     "ValidationSettings",
+    "Weighing",
     "WeightedSum",
+    "aggregate",
     "apply_step",
-    "fedavg",
-    "fedopt",
-    "gsfs",
     "l2_norm",
 ]

@@ -1,36 +1,52 @@
-"""Types shared by the strategies: an update as a strategy sees it, and what a strategy returns.
+"""The Strategy contract, and what a strategy returns.
 
-Rules: strategies are pure, (global state, updates, strategy state) -> (new global, new state,
-metrics). They never mutate the caller's arrays, read a clock, log or sample. Every update is a
-delta Δ_i = θ_i − θ^{base_i} (float32 TensorDict); a GSFS partial update carries a subset of
-the tensor names.
+Rules: a strategy is built once from its settings (`registry.make_strategy`) and holds nothing
+but them. Its state (FedOpt's moments) goes in and out explicitly and is saved as arrays plus
+scalars. Aggregation is fold-then-finish over a `WeightedSum`: `fold` weighs one
+`AcceptedUpdate` (Δ_i = θ_i − θ^{base_i}, float32, a GSFS partial update carries a subset of
+the names) and adds it, `finish` applies the sum to θ^v. The engine and `aggregate` below run
+exactly the same calls. Strategies never mutate the caller's arrays, read a clock, log or
+sample; which schedule runs them is theirs to say (`make_schedule`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
-Array = npt.NDArray[np.float32]
-TensorDict = dict[str, Array]
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.strategies.weighted_sum import WeightedSum
+from fedllm_server.tensors import Array, TensorDict, l2_norm
+
+if TYPE_CHECKING:
+    from fedllm_server.schedule.base import Schedule, ScheduleContext
+    from fedllm_server.strategies.settings import ValidationSettings
+
+__all__ = [
+    "AggregationMetrics",
+    "Array",
+    "EmptyAggregationError",
+    "Strategy",
+    "StrategyResult",
+    "TensorDict",
+    "Weighing",
+    "aggregate",
+    "apply_step",
+    "l2_norm",
+]
+
 S = TypeVar("S")
 
 
 @dataclass(frozen=True)
-class ClientUpdate:
-    """One client's delta against the global version it started from."""
+class Weighing:
+    """What is known when an update is folded besides the update itself."""
 
-    client_id: str
-    tensors: Mapping[str, Array]  # name -> Δ (same shape as the global tensor)
-    sample_count: int  # n_i
-    base_version: int  # v_i
-    frequency: int = 1  # f_i (GSFS only; the pool fills it in)
-    norm: float | None = None  # ‖Δ_i‖₂ when the caller already has it (the door computes it)
+    version: int  # v, the current global version (staleness s_i = v − base_i)
+    frequency: int = 1  # f_i, from the GSFS schedule (1 for synchronous rounds)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,28 @@ class AggregationMetrics:
             "extra": dict(self.extra),
         }
 
+    @classmethod
+    def of(
+        cls,
+        strategy: str,
+        version: int,
+        acc: WeightedSum,
+        step_norm: float,
+        extra: dict[str, float] | None = None,
+    ) -> AggregationMetrics:
+        """The record of the aggregation folded in `acc` (before `acc` is reset)."""
+        return cls(
+            strategy=strategy,
+            version=version,
+            clients=tuple(acc.clients),
+            weights=acc.normalised_weights(),
+            update_norms=dict(acc.norms),
+            step_norm=step_norm,
+            tensor_clients=acc.tensor_clients,
+            excluded=dict(acc.excluded),
+            extra=extra or {},
+        )
+
 
 @dataclass(frozen=True)
 class StrategyResult(Generic[S]):
@@ -74,18 +112,61 @@ class EmptyAggregationError(ValueError):
     """Asked to aggregate no updates: the caller decides what an empty round means."""
 
 
-def l2_norm(tensors: Mapping[str, npt.NDArray[Any]]) -> float:
-    """‖x‖₂ over every tensor with O(1) extra memory (BLAS dot per tensor, summed in float64).
+class Strategy(Protocol):
+    """How updates are weighed and applied; one module per strategy, one registry line."""
 
-    A non-finite entry, or squares overflowing float32, gives inf: callers that must tell the
-    two apart check `np.isfinite` only on that rare path.
-    """
-    total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported as inf
-        for arr in tensors.values():
-            flat = arr.reshape(-1)  # (numel,) view of a C-contiguous array
-            total += float(np.dot(flat, flat))
-    return math.sqrt(total) if math.isfinite(total) else math.inf
+    name: str  # the settings' `name` ("fedavg", "fedopt", "gsfs")
+    partial_updates: bool  # accepts a subset of the global tensors (else every one is needed)
+
+    def make_schedule(self, ctx: ScheduleContext) -> Schedule:
+        """The schedule that runs this strategy, restored from `ctx.meta`."""
+        ...
+
+    def max_lag(self, validation: ValidationSettings) -> int:
+        """Versions an update may lag behind the current one and still be accepted."""
+        ...
+
+    def weight(self, update: AcceptedUpdate, at: Weighing) -> float:
+        """The raw weight w_i before normalisation."""
+        ...
+
+    def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
+        """Add w_i·Δ_i to `acc`, or record in `acc` why the update is left out."""
+        ...
+
+    def finish(
+        self, global_tensors: Mapping[str, Array], acc: WeightedSum, state: Any, new_version: int
+    ) -> StrategyResult[Any]:
+        """θ^{v+1} from θ^v and the sum in `acc` (consumed); raises EmptyAggregationError."""
+        ...
+
+    def initial_state(self) -> Any: ...
+
+    def state_to_arrays(self, state: Any) -> tuple[TensorDict, dict[str, Any]]:
+        """The state as checkpoint arrays plus plain-typed scalars."""
+        ...
+
+    def state_from_arrays(self, arrays: Mapping[str, Array], meta: Mapping[str, Any]) -> Any:
+        """The state `state_to_arrays` wrote (the initial state when `meta` has none)."""
+        ...
+
+
+def aggregate(
+    strategy: Strategy,
+    global_tensors: Mapping[str, Array],
+    updates: Iterable[AcceptedUpdate],
+    state: Any,
+    new_version: int,
+    frequencies: Mapping[str, int] | None = None,
+) -> StrategyResult[Any]:
+    """One aggregation of `updates` into version `new_version`, the engine's way: fold each
+    (f_i from `frequencies` by client id, default 1), then finish."""
+    acc = WeightedSum()
+    freqs = frequencies or {}
+    for update in updates:
+        at = Weighing(new_version - 1, freqs.get(update.client_id, 1))
+        strategy.fold(acc, update, at)
+    return strategy.finish(global_tensors, acc, state, new_version)
 
 
 def apply_step(global_tensors: Mapping[str, Array], step: TensorDict) -> tuple[TensorDict, float]:

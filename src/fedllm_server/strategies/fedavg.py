@@ -1,64 +1,69 @@
 """FedAvg (McMahan et al. 2017) over deltas: θ^{v+1} = θ^v + Σ_i (n_i/Σ_j n_j)·Δ_i.
 
-Rules: equal to Σ_i (n_i/Σn)·θ_i because every Δ_i is based on θ^v (synchronous round). No
-strategy state (`None` in and out). Updates are folded one at a time, so a caller may pass a
-generator, or fold on arrival with `weight` + `WeightedSum.add` and call `finish`.
+Rules: equal to Σ_i (n_i/Σn)·θ_i because every Δ_i is based on θ^v (synchronous rounds, so
+`max_lag` is 0 and every tensor is required). No strategy state (`None` in and out). The weight
+is known on arrival, so `SyncRounds` folds each update as it is accepted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.schedule.base import ScheduleContext
+from fedllm_server.schedule.rounds import SyncRounds
 from fedllm_server.strategies.base import (
     AggregationMetrics,
     Array,
-    ClientUpdate,
     EmptyAggregationError,
     StrategyResult,
+    TensorDict,
+    Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import FedAvgSettings
+from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 
-def weight(update: ClientUpdate, settings: FedAvgSettings) -> float:
-    """Raw weight before normalisation: n_i, or 1 when sample weighting is off."""
-    return float(update.sample_count) if settings.sample_weighting else 1.0
+class FedAvg:
+    """Sample-weighted averaging of a round's deltas."""
 
+    settings_type = FedAvgSettings
+    name = "fedavg"
+    partial_updates = False
 
-def fold(updates: Iterable[ClientUpdate], settings: FedAvgSettings) -> WeightedSum:
-    acc = WeightedSum()
-    for update in updates:
-        acc.add(update.client_id, update.tensors, weight(update, settings), update.norm)
-    return acc
+    def __init__(self, settings: FedAvgSettings) -> None:
+        self.settings = settings
 
+    def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
+        return SyncRounds.restore(ctx)
 
-def finish(
-    global_tensors: Mapping[str, Array], acc: WeightedSum, new_version: int
-) -> StrategyResult[None]:
-    """Apply the averaged delta held in `acc` (consumed) to θ^v."""
-    if len(acc) == 0:
-        raise EmptyAggregationError("fedavg: no updates to aggregate")
-    weights, tensor_clients = acc.normalised_weights(), acc.tensor_clients
-    new_global, step_norm = apply_step(global_tensors, acc.take_mean())
-    metrics = AggregationMetrics(
-        strategy="fedavg",
-        version=new_version,
-        clients=tuple(acc.clients),
-        weights=weights,
-        update_norms=dict(acc.norms),
-        step_norm=step_norm,
-        tensor_clients=tensor_clients,
-        excluded=dict(acc.excluded),
-    )
-    return StrategyResult(new_global, None, metrics)
+    def max_lag(self, validation: ValidationSettings) -> int:
+        return SyncRounds.max_lag
 
+    def weight(self, update: AcceptedUpdate, at: Weighing) -> float:
+        """n_i, or 1 when sample weighting is off."""
+        return float(update.sample_count) if self.settings.sample_weighting else 1.0
 
-def aggregate(
-    global_tensors: Mapping[str, Array],
-    updates: Iterable[ClientUpdate],
-    settings: FedAvgSettings,
-    new_version: int,
-) -> StrategyResult[None]:
-    """One FedAvg aggregation: θ^{v+1} = θ^v + Σ (n_i/Σn) Δ_i."""
-    return finish(global_tensors, fold(updates, settings), new_version)
+    def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
+        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+
+    def finish(
+        self, global_tensors: Mapping[str, Array], acc: WeightedSum, state: None, new_version: int
+    ) -> StrategyResult[None]:
+        """Apply the averaged delta held in `acc` (consumed) to θ^v."""
+        if len(acc) == 0:
+            raise EmptyAggregationError("fedavg: no updates to aggregate")
+        new_global, step_norm = apply_step(global_tensors, acc.take_mean())
+        metrics = AggregationMetrics.of("fedavg", new_version, acc, step_norm)
+        return StrategyResult(new_global, None, metrics)
+
+    def initial_state(self) -> None:
+        return None
+
+    def state_to_arrays(self, state: None) -> tuple[TensorDict, dict[str, Any]]:
+        return {}, {}
+
+    def state_from_arrays(self, arrays: Mapping[str, Array], meta: Mapping[str, Any]) -> None:
+        return None

@@ -4,28 +4,31 @@ Rules (gsfs.md): Δ = Σ_i (n_i/n)·Δ_i; m ← β1·m + (1−β1)·Δ; u by the
 θ^{v+1} = θ^v + η_s·m/(√u + τ). The variants differ only in `_next_u`. State (m, u, step) goes
 in and comes out explicitly; the input state's arrays are never written, so the caller may
 checkpoint it while the next aggregation runs. A tensor no update carried is left untouched,
-with its m and u.
+with its m and u. Synchronous rounds like FedAvg (folded on arrival, every tensor required).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.schedule.base import ScheduleContext
+from fedllm_server.schedule.rounds import SyncRounds
 from fedllm_server.strategies.base import (
     AggregationMetrics,
     Array,
-    ClientUpdate,
     EmptyAggregationError,
     StrategyResult,
     TensorDict,
+    Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import FedOptSettings
+from fedllm_server.strategies.settings import FedOptSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 
@@ -45,17 +48,6 @@ class FedOptState:
         m = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in data["m"].items()}
         u = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in data["u"].items()}
         return cls(m=m, u=u, step=int(data["step"]))
-
-
-def weight(update: ClientUpdate, settings: FedOptSettings) -> float:
-    return float(update.sample_count) if settings.sample_weighting else 1.0
-
-
-def fold(updates: Iterable[ClientUpdate], settings: FedOptSettings) -> WeightedSum:
-    acc = WeightedSum()
-    for update in updates:
-        acc.add(update.client_id, update.tensors, weight(update, settings), update.norm)
-    return acc
 
 
 def _next_u(u: Array, sq: Array, settings: FedOptSettings) -> Array:
@@ -95,46 +87,68 @@ def _optimizer_step(
     return m_new, u_new
 
 
-def finish(
-    global_tensors: Mapping[str, Array],
-    acc: WeightedSum,
-    state: FedOptState,
-    settings: FedOptSettings,
-    new_version: int,
-) -> StrategyResult[FedOptState]:
-    """Apply one server-optimizer step from the pseudo-gradient held in `acc` (consumed)."""
-    if len(acc) == 0:
-        raise EmptyAggregationError("fedopt: no updates to aggregate")
-    weights, tensor_clients = acc.normalised_weights(), acc.tensor_clients
-    step_count = state.step + 1
-    lr = _lr(settings, step_count)
-    steps = acc.take_mean()  # Δ per tensor; overwritten in place with the server step
-    m_out, u_out = dict(state.m), dict(state.u)
-    for name, delta in steps.items():
-        m_out[name], u_out[name] = _optimizer_step(
-            delta, state.m.get(name), state.u.get(name), settings, lr
-        )
-    new_global, step_norm = apply_step(global_tensors, steps)
-    metrics = AggregationMetrics(
-        strategy=f"fedopt-{settings.variant}",
-        version=new_version,
-        clients=tuple(acc.clients),
-        weights=weights,
-        update_norms=dict(acc.norms),
-        step_norm=step_norm,
-        tensor_clients=tensor_clients,
-        excluded=dict(acc.excluded),
-        extra={"server_lr": lr, "optimizer_step": float(step_count)},
-    )
-    return StrategyResult(new_global, FedOptState(m_out, u_out, step_count), metrics)
+class FedOpt:
+    """A server optimizer step (adam, yogi or adagrad) on the averaged delta of a round."""
 
+    settings_type = FedOptSettings
+    name = "fedopt"
+    partial_updates = False
 
-def aggregate(
-    global_tensors: Mapping[str, Array],
-    updates: Iterable[ClientUpdate],
-    state: FedOptState,
-    settings: FedOptSettings,
-    new_version: int,
-) -> StrategyResult[FedOptState]:
-    """One FedOpt aggregation (variant from the settings)."""
-    return finish(global_tensors, fold(updates, settings), state, settings, new_version)
+    def __init__(self, settings: FedOptSettings) -> None:
+        self.settings = settings
+
+    def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
+        return SyncRounds.restore(ctx)
+
+    def max_lag(self, validation: ValidationSettings) -> int:
+        return SyncRounds.max_lag
+
+    def weight(self, update: AcceptedUpdate, at: Weighing) -> float:
+        """n_i, or 1 when sample weighting is off."""
+        return float(update.sample_count) if self.settings.sample_weighting else 1.0
+
+    def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
+        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+
+    def finish(
+        self,
+        global_tensors: Mapping[str, Array],
+        acc: WeightedSum,
+        state: FedOptState,
+        new_version: int,
+    ) -> StrategyResult[FedOptState]:
+        """Apply one server-optimizer step from the pseudo-gradient held in `acc` (consumed)."""
+        if len(acc) == 0:
+            raise EmptyAggregationError("fedopt: no updates to aggregate")
+        settings = self.settings
+        step_count = state.step + 1
+        lr = _lr(settings, step_count)
+        steps = acc.take_mean()  # Δ per tensor; overwritten in place with the server step
+        m_out, u_out = dict(state.m), dict(state.u)
+        for name, delta in steps.items():
+            m_out[name], u_out[name] = _optimizer_step(
+                delta, state.m.get(name), state.u.get(name), settings, lr
+            )
+        new_global, step_norm = apply_step(global_tensors, steps)
+        extra = {"server_lr": lr, "optimizer_step": float(step_count)}
+        name = f"fedopt-{settings.variant}"
+        metrics = AggregationMetrics.of(name, new_version, acc, step_norm, extra)
+        return StrategyResult(new_global, FedOptState(m_out, u_out, step_count), metrics)
+
+    def initial_state(self) -> FedOptState:
+        return FedOptState()
+
+    def state_to_arrays(self, state: FedOptState) -> tuple[TensorDict, dict[str, Any]]:
+        """m and u as `m/<name>`, `u/<name>` arrays; the step count as `fedopt_step`."""
+        arrays = {f"m/{k}": v for k, v in state.m.items()}
+        arrays.update({f"u/{k}": v for k, v in state.u.items()})
+        return arrays, {"fedopt_step": state.step}
+
+    def state_from_arrays(
+        self, arrays: Mapping[str, Array], meta: Mapping[str, Any]
+    ) -> FedOptState:
+        if "fedopt_step" not in meta:
+            return FedOptState()
+        m = {k[2:]: np.ascontiguousarray(v) for k, v in arrays.items() if k.startswith("m/")}
+        u = {k[2:]: np.ascontiguousarray(v) for k, v in arrays.items() if k.startswith("u/")}
+        return FedOptState(m=m, u=u, step=int(meta["fedopt_step"]))

@@ -1,88 +1,99 @@
 """GSFS aggregation (paper eq. 13–14): θ^{v+1} = θ^v + η_s · Σ_{i∈S} α_i · U_i.
 
 Rules: α_i = w_i / Σ_{j∈S} w_j with w_i = f_i (the client's upload count over the frequency
-window, filled in by the pool), times n_i when `sample_weighting`, times (1+s_i)^(−a) with
-s_i = v − base_i when `staleness_exponent` a > 0. Partial updates: each tensor is normalised over
-the clients that sent it, so a tensor sent by one client moves by η_s·U_i for that tensor. No
-strategy state here: the frequencies live in the pool (`fedllm_server.pool`).
+window, from the schedule), times n_i when `sample_weighting`, times (1+s_i)^(−a) with
+s_i = v − base_i when `staleness_exponent` a > 0. f_i is known only when the pool aggregates,
+so `GsfsSchedule` holds the pooled updates and folds them all then. Partial updates: each
+tensor is normalised over the clients that sent it, so a tensor sent by one client moves by
+η_s·U_i for that tensor. No strategy state here: the frequencies live in the schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.schedule.base import ScheduleContext
+from fedllm_server.schedule.gsfs import GsfsSchedule
 from fedllm_server.strategies.base import (
     AggregationMetrics,
     Array,
-    ClientUpdate,
     EmptyAggregationError,
     StrategyResult,
+    TensorDict,
+    Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import GsfsServerSettings
+from fedllm_server.strategies.settings import GsfsServerSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
+WORST = "max_staleness_included"
 
-def staleness(update: ClientUpdate, current_version: int) -> int:
+
+def staleness(update: AcceptedUpdate, current_version: int) -> int:
     """s_i = v − base_i (0 for an update based on the current global model)."""
     return max(0, current_version - update.base_version)
 
 
-def weight(update: ClientUpdate, current_version: int, settings: GsfsServerSettings) -> float:
-    """Unnormalised w_i = f_i · [n_i] · (1+s_i)^(−a)."""
-    w = float(update.frequency)
-    if settings.sample_weighting:
-        w *= update.sample_count
-    if settings.staleness_exponent > 0:
-        w *= (1.0 + staleness(update, current_version)) ** (-settings.staleness_exponent)
-    return w
+class Gsfs:
+    """The paper's frequency-weighted asynchronous aggregation of the pooled updates."""
 
+    settings_type = GsfsServerSettings
+    name = "gsfs"
+    partial_updates = True
 
-def _exclusion(update: ClientUpdate, current_version: int, settings: GsfsServerSettings) -> str:
-    bound = settings.max_staleness
-    if bound is not None and staleness(update, current_version) > bound:
-        return "too_stale"
-    if update.frequency < 1:
-        return "zero_frequency"
-    return ""
+    def __init__(self, settings: GsfsServerSettings) -> None:
+        self.settings = settings
 
+    def make_schedule(self, ctx: ScheduleContext) -> GsfsSchedule:
+        return GsfsSchedule.restore(self.settings, ctx)
 
-def aggregate(
-    global_tensors: Mapping[str, Array],
-    updates: Iterable[ClientUpdate],
-    current_version: int,
-    settings: GsfsServerSettings,
-    acc: WeightedSum | None = None,
-) -> StrategyResult[None]:
-    """One GSFS aggregation of the pooled updates into version current_version + 1.
+    def max_lag(self, validation: ValidationSettings) -> int:
+        return validation.max_staleness
 
-    ``acc``: an empty accumulator to work in (a daemon passes one that keeps its buffers from
-    one aggregation to the next); a fresh one by default.
-    """
-    acc = WeightedSum() if acc is None else acc
-    excluded: dict[str, str] = {}
-    worst = 0
-    for update in updates:
-        reason = _exclusion(update, current_version, settings)
+    def weight(self, update: AcceptedUpdate, at: Weighing) -> float:
+        """Unnormalised w_i = f_i · [n_i] · (1+s_i)^(−a)."""
+        w = float(at.frequency)
+        if self.settings.sample_weighting:
+            w *= update.sample_count
+        if self.settings.staleness_exponent > 0:
+            w *= (1.0 + staleness(update, at.version)) ** (-self.settings.staleness_exponent)
+        return w
+
+    def _exclusion(self, update: AcceptedUpdate, at: Weighing) -> str:
+        bound = self.settings.max_staleness
+        if bound is not None and staleness(update, at.version) > bound:
+            return "too_stale"
+        if at.frequency < 1:
+            return "zero_frequency"
+        return ""
+
+    def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
+        reason = self._exclusion(update, at)
         if reason:
-            excluded[update.client_id] = reason
-            continue
-        worst = max(worst, staleness(update, current_version))
-        w = weight(update, current_version, settings)
-        acc.add(update.client_id, update.tensors, w, update.norm)
-    if len(acc) == 0:
-        raise EmptyAggregationError(f"gsfs: no updates left to aggregate (excluded {excluded})")
-    weights, tensor_clients = acc.normalised_weights(), acc.tensor_clients
-    new_global, step_norm = apply_step(global_tensors, acc.take_mean(settings.server_lr))
-    metrics = AggregationMetrics(
-        strategy="gsfs",
-        version=current_version + 1,
-        clients=tuple(acc.clients),
-        weights=weights,
-        update_norms=dict(acc.norms),
-        step_norm=step_norm,
-        tensor_clients=tensor_clients,
-        excluded={**excluded, **acc.excluded},
-        extra={"max_staleness_included": float(worst)},
-    )
-    return StrategyResult(new_global, None, metrics)
+            acc.exclude(update.client_id, reason)
+            return
+        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+        acc.extra[WORST] = max(acc.extra.get(WORST, 0.0), float(staleness(update, at.version)))
+
+    def finish(
+        self, global_tensors: Mapping[str, Array], acc: WeightedSum, state: None, new_version: int
+    ) -> StrategyResult[None]:
+        """One GSFS aggregation of the folded pool into version `new_version`."""
+        if len(acc) == 0:
+            detail = f"gsfs: no updates left to aggregate (excluded {acc.excluded})"
+            raise EmptyAggregationError(detail)
+        new_global, step_norm = apply_step(global_tensors, acc.take_mean(self.settings.server_lr))
+        extra = {WORST: acc.extra.get(WORST, 0.0)}
+        metrics = AggregationMetrics.of("gsfs", new_version, acc, step_norm, extra)
+        return StrategyResult(new_global, None, metrics)
+
+    def initial_state(self) -> None:
+        return None
+
+    def state_to_arrays(self, state: None) -> tuple[TensorDict, dict[str, Any]]:
+        return {}, {}
+
+    def state_from_arrays(self, arrays: Mapping[str, Array], meta: Mapping[str, Any]) -> None:
+        return None

@@ -2,20 +2,27 @@
 
 Rules: every choice that gsfs.md leaves open is a field here with a documented default (see
 docs/strategies.md); nothing in the arithmetic is a hidden constant. Models are frozen and
-reject unknown keys, so a bad value fails at start-up with the field named. `StrategySettings`
-is a union discriminated by `name`, which the server's settings embed as one section.
+reject unknown keys, so a bad value fails at start-up with the field named. Each strategy's
+settings derive from `StrategySettingsBase`; `registry.StrategySettings` is their union,
+discriminated by `name`, which the server's settings embed as one section.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from fedllm_core.settings import FrozenSettings
 
 
-class FedAvgSettings(FrozenSettings):
+class StrategySettingsBase(FrozenSettings):
+    """What every strategy's settings have: the `name` that picks the strategy."""
+
+    name: str
+
+
+class FedAvgSettings(StrategySettingsBase):
     """FedAvg (McMahan et al. 2017): θ^{v+1} = θ^v + Σ (n_i/Σn) Δ_i."""
 
     name: Literal["fedavg"] = "fedavg"
@@ -23,7 +30,7 @@ class FedAvgSettings(FrozenSettings):
     sample_weighting: bool = True
 
 
-class FedOptSettings(FrozenSettings):
+class FedOptSettings(StrategySettingsBase):
     """FedOpt (Reddi et al. 2021): a server optimizer over the averaged pseudo-gradient."""
 
     name: Literal["fedopt"] = "fedopt"
@@ -39,7 +46,7 @@ class FedOptSettings(FrozenSettings):
     sample_weighting: bool = True
 
 
-class GsfsServerSettings(FrozenSettings):
+class GsfsServerSettings(StrategySettingsBase):
     """GSFS server side (paper eq. 12–15) plus our documented additions."""
 
     name: Literal["gsfs"] = "gsfs"
@@ -68,11 +75,6 @@ class GsfsServerSettings(FrozenSettings):
         if self.federation_size_source == "explicit" and self.federation_size is None:
             raise ValueError("federation_size is required when federation_size_source='explicit'")
         return self
-
-
-StrategySettings = Annotated[
-    FedAvgSettings | FedOptSettings | GsfsServerSettings, Field(discriminator="name")
-]
 
 
 class ValidationSettings(FrozenSettings):

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedllm_server.strategies.base import Array, TensorDict
+from fedllm_server.tensors import Array, TensorDict
 
 # Elements per block: 1 MiB of float64 keeps the scratch block in L2, so a fold streams Δ and the
 # sum once instead of making five whole-tensor passes.
@@ -64,6 +64,7 @@ class WeightedSum:
         self.raw_weights: dict[str, float] = {}
         self.norms: dict[str, float] = {}
         self.excluded: dict[str, str] = {}  # client -> why it was left out
+        self.extra: dict[str, float] = {}  # strategy scalars gathered while folding
 
     def add(
         self,
@@ -90,6 +91,10 @@ class WeightedSum:
         self.clients.append(client_id)
         self.raw_weights[client_id] = weight
         self.norms[client_id] = math.sqrt(squares) if norm is None else norm
+
+    def exclude(self, client_id: str, reason: str) -> None:
+        """Leave a client out of this aggregation, recording why (for the metrics record)."""
+        self.excluded[client_id] = reason
 
     def _fold(self, name: str, delta: Array, weight: float, want_norm: bool) -> float:
         """acc += w·Δ block by block; returns Σ Δ² when asked (0.0 otherwise)."""
@@ -125,6 +130,7 @@ class WeightedSum:
             self._spare.update(self._sums)
         self._sums, self._weights = {}, {}
         self.clients, self.raw_weights, self.norms, self.excluded = [], {}, {}, {}
+        self.extra = {}
 
     @property
     def tensor_clients(self) -> dict[str, int]:

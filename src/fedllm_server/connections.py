@@ -6,8 +6,10 @@ stops gets a Bye with the stop's code (`restarting` or `finished`). The client i
 the certificate's CN (the transport's `peer_id`); only in insecure mode does Hello's
 `client_name` name the client. A second connection with the same id replaces the first: the
 old session is closed (`replaced`) before the new one is registered. Updates are judged and
-accepted in the engine thread; the Ack is queued only after the update is durable. A client
-whose updates keep being rejected (`max_rejects` in a row) gets an Error and is disconnected.
+accepted in the engine thread (first the schedule must expect it; then exactly one of its
+`accepted`/`refused` follows the verdict, whatever happens); the Ack is queued only after the
+update is durable. A client whose updates keep being rejected (`max_rejects` in a row) gets
+an Error and is disconnected. SIGHUP's revocations end here too (`expel_revoked`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -32,22 +33,24 @@ from fedllm_proto.messages import (
     Update,
     Welcome,
 )
+from fedllm_proto.tls import RevocationList
 from fedllm_proto.transport import Peer, PeerClosed
+from fedllm_server import scheduler
 from fedllm_server.session import ClientSession
-
-if TYPE_CHECKING:
-    from fedllm_server.daemon import Server
+from fedllm_server.state import ServerState
+from fedllm_server.tensors import nbytes
+from fedllm_server.validation import Sender
 
 log = structlog.get_logger("fedllm.server")
 
 
-async def handle_peer(server: Server, peer: Peer) -> None:
+async def handle_peer(state: ServerState, peer: Peer) -> None:
     """The transport's per-connection callback."""
-    session = await _handshake(server, peer)
+    session = await _handshake(state, peer)
     if session is None:
         return
     try:
-        await _read_loop(server, session)
+        await _read_loop(state, session)
     except (PeerClosed, ConnectionError, asyncio.IncompleteReadError) as exc:
         log.info("client_disconnected", client_id=session.client_id, reason=repr(exc))
     except TimeoutError:
@@ -60,11 +63,11 @@ async def handle_peer(server: Server, peer: Peer) -> None:
             detail=exc.detail,
         )
     finally:
-        await _unregister(server, session)
+        await _unregister(state, session)
 
 
-async def _handshake(server: Server, peer: Peer) -> ClientSession | None:
-    timeout = server.settings.handshake_timeout_s
+async def _handshake(state: ServerState, peer: Peer) -> ClientSession | None:
+    timeout = state.settings.handshake_timeout_s
     try:
         hello = await asyncio.wait_for(peer.recv(), timeout)
     except (PeerClosed, ProtocolError, TimeoutError, ConnectionError) as exc:
@@ -74,58 +77,58 @@ async def _handshake(server: Server, peer: Peer) -> ClientSession | None:
     if not isinstance(hello, Hello):
         await _refuse(peer, Error(ErrorCode.UNEXPECTED_MESSAGE, "expected hello"))
         return None
-    client_id = _identity(server, peer, hello)
-    if hello.model_fingerprint != server.fingerprint:
+    client_id = _identity(state, peer, hello)
+    if hello.model_fingerprint != state.fingerprint:
         log.warning(
             "client_fingerprint_mismatch",
             client_id=client_id,
             theirs=hello.model_fingerprint[:16],
-            ours=server.fingerprint[:16],
+            ours=state.fingerprint[:16],
         )
         reject = Reject("", RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
         await _refuse(peer, reject, ByeCode.REFUSED)
         return None
-    if server.stopping.is_set():
+    if state.stopping.is_set():
         # the Bye says whether to come back (restarting) or not (finished)
-        await _close(peer, "server is shutting down", server.stop_code)
+        await _close(peer, "server is shutting down", state.stop_code)
         return None
-    return await _admit(server, peer, hello, client_id)
+    return await _admit(state, peer, hello, client_id)
 
 
-def _identity(server: Server, peer: Peer, hello: Hello) -> str:
-    if server.settings.insecure and hello.client_name:
+def _identity(state: ServerState, peer: Peer, hello: Hello) -> str:
+    if state.settings.insecure and hello.client_name:
         return hello.client_name
     return peer.peer_id or peer.address
 
 
-async def _admit(server: Server, peer: Peer, hello: Hello, client_id: str) -> ClientSession:
-    old = server.sessions.pop(client_id, None)
+async def _admit(state: ServerState, peer: Peer, hello: Hello, client_id: str) -> ClientSession:
+    old = state.sessions.pop(client_id, None)
     if old is not None:
         log.info("client_replaced", client_id=client_id, old_address=old.peer.address)
-        server.client_left(old)  # the new connection re-joins below (or never, if it fails)
+        state.schedule.left(client_id)  # the new connection re-joins below (or never)
         await old.close("replaced by a new connection")
     session = ClientSession(
-        peer, client_id, hello.model_fingerprint, hello.sample_count, server.settings.send_queue
+        peer, client_id, hello.model_fingerprint, hello.sample_count, state.settings.send_queue
     )
-    await peer.send(_welcome(server, peer, client_id))  # registered only once this worked
-    server.sessions[client_id] = session
+    await peer.send(_welcome(state, peer, client_id))  # registered only once this worked
+    state.sessions[client_id] = session
     session.start()
-    assert server.prepared is not None  # encoded during start-up, before listening
-    session.offer(server.prepared)  # the current global model: a reconnect resynchronises
-    await server.client_joined(session)
+    session.offer(state.prepared)  # the current global model: a reconnect resynchronises
+    await scheduler.carry_out(state, state.schedule.joined(client_id, time.monotonic()))
+    state.wake.set()
     log.info(
         "client_connected",
         client_id=client_id,
         address=peer.address,
-        model_version=server.engine.version,
+        model_version=state.engine.version,
         last_global_version=hello.last_global_version,
         sample_count=hello.sample_count,
     )
     return session
 
 
-def _welcome(server: Server, peer: Peer, client_id: str) -> Welcome:
-    strategy = server.settings.strategy
+def _welcome(state: ServerState, peer: Peer, client_id: str) -> Welcome:
+    strategy = state.settings.strategy
     params = {
         k: v for k, v in strategy.model_dump().items() if isinstance(v, bool | int | float | str)
     }
@@ -135,12 +138,12 @@ def _welcome(server: Server, peer: Peer, client_id: str) -> Welcome:
         client_id=client_id,
         strategy=strategy.name,
         strategy_params=params,
-        global_version=server.engine.version,
-        heartbeat_interval_s=server.settings.heartbeat_interval_s,
+        global_version=state.engine.version,
+        heartbeat_interval_s=state.settings.heartbeat_interval_s,
     )
 
 
-async def _read_loop(server: Server, session: ClientSession) -> None:
+async def _read_loop(state: ServerState, session: ClientSession) -> None:
     while not session.closed.is_set():
         msg = await _recv_or_closed(session)
         if msg is None or isinstance(msg, Bye):
@@ -153,7 +156,7 @@ async def _read_loop(server: Server, session: ClientSession) -> None:
         if not isinstance(msg, Update):
             await _refuse(session.peer, Error(ErrorCode.UNEXPECTED_MESSAGE, type(msg).__name__))
             return
-        await _on_update(server, session, msg)
+        await _on_update(state, session, msg)
         # Drop the update before waiting for the next one: the reader hands a body buffer out
         # again only once nothing points into it, and a held 100 MB update would make it
         # allocate (and first-touch) a second buffer per client.
@@ -176,65 +179,61 @@ async def _recv_or_closed(session: ClientSession) -> object | None:
     return None
 
 
-async def _on_update(server: Server, session: ClientSession, update: Update) -> None:
+async def _on_update(state: ServerState, session: ClientSession, update: Update) -> None:
     cid, now = session.client_id, time.monotonic()
-    if server.stopping.is_set():  # after STOPPING nothing new is accepted (or Acked)
+    if state.stopping.is_set():  # after STOPPING nothing new is accepted (or Acked)
         # The server's own state, not the client's fault: a busy GSFS client may upload many
         # times while the drain finishes, and must get its Bye, not a misbehaviour Error.
         await _rejected(
-            server, session, update, RejectCode.UNEXPECTED, "server is stopping", blame=False
+            state, session, update, RejectCode.UNEXPECTED, "server is stopping", blame=False
         )
         return
-    rounds = server.rounds
-    if rounds is not None and not rounds.expects(cid, update.round):
-        await _rejected(
-            server,
-            session,
-            update,
-            RejectCode.UNEXPECTED,
-            f"round {update.round} is not open for {cid}",
-        )
+    schedule = state.schedule
+    if not schedule.expects(cid, update.round):
+        detail = f"round {update.round} is not open for {cid}"
+        await _rejected(state, session, update, RejectCode.UNEXPECTED, detail)
         return
-    if rounds is not None:
-        rounds.contributed(cid)  # reserve the slot now: the round must not close without it
-    verdict = await server.engine_call(
-        server.engine.judge_and_accept, cid, session.fingerprint, update, now
-    )
-    if verdict.code is not None:
-        if rounds is not None:
-            rounds.withdraw(cid)
+    sender = Sender(cid, session.fingerprint)
+    try:  # `expects` reserved a place: exactly one of accepted/refused must follow
+        verdict = await state.engine_call(state.engine.accept, sender, update, now, time.time())
+    except BaseException:
+        schedule.refused(cid)
+        raise
+    if verdict.update is None:
+        schedule.refused(cid)
+        assert verdict.code is not None
         code = RejectCode(verdict.code.value)
-        await _rejected(server, session, update, code, verdict.detail, norm=verdict.norm)
+        await _rejected(state, session, update, code, verdict.detail, norm=verdict.norm)
         return
-    _accepted(server, session, update, verdict.norm)
+    actions = schedule.accepted(verdict.update, now)
+    _accepted(state, session, update, verdict.update.norm)
+    await scheduler.carry_out(state, actions)  # a fold is submitted before anything else
+    state.wake.set()
 
 
-def _accepted(
-    server: Server, session: ClientSession, update: Update, norm: float | None = None
-) -> None:
-    nbytes = sum(int(t.nbytes) for t in update.tensors.values())
+def _accepted(state: ServerState, session: ClientSession, update: Update, norm: float) -> None:
+    size = nbytes(update.tensors)
     stats = session.stats
     stats.accepted += 1
     stats.consecutive_rejects = 0
-    stats.bytes_in += nbytes
-    session.offer(Ack(update.update_id, server.engine.version))
+    stats.bytes_in += size
+    session.offer(Ack(update.update_id, state.engine.version))
     log.info(
         "update_accepted",
         client_id=session.client_id,
         update_id=update.update_id,
         round=update.round,
         base_version=update.base_version,
-        model_version=server.engine.version,
+        model_version=state.engine.version,
         trigger=str(update.trigger),
-        bytes=nbytes,
+        bytes=size,
         norm=norm,
     )
-    server.record_update(session, update, "accepted", None, nbytes, norm)
-    server.wake.set()
+    _record_update(state, session, update, "accepted", None, size, norm)
 
 
 async def _rejected(
-    server: Server,
+    state: ServerState,
     session: ClientSession,
     update: Update,
     code: RejectCode,
@@ -244,7 +243,7 @@ async def _rejected(
     norm: float | None = None,
 ) -> None:
     """Reject ``update``; with ``blame`` it counts toward disconnecting a misbehaving client."""
-    nbytes = sum(int(t.nbytes) for t in update.tensors.values())
+    size = nbytes(update.tensors)
     stats = session.stats
     stats.rejected += 1
     if blame:
@@ -255,15 +254,15 @@ async def _rejected(
         update_id=update.update_id,
         round=update.round,
         base_version=update.base_version,
-        model_version=server.engine.version,
+        model_version=state.engine.version,
         code=str(code),
         detail=detail,
         consecutive=stats.consecutive_rejects,
         norm=norm,
     )
-    server.record_update(session, update, "rejected", str(code), nbytes, norm)
+    _record_update(state, session, update, "rejected", str(code), size, norm)
     session.offer(Reject(update.update_id, code, detail))
-    if stats.consecutive_rejects >= server.settings.max_rejects:
+    if stats.consecutive_rejects >= state.settings.max_rejects:
         log.warning(
             "client_misbehaving", client_id=session.client_id, rejects=stats.consecutive_rejects
         )
@@ -271,10 +270,11 @@ async def _rejected(
         await session.close("too many rejected updates", flush_s=2.0)
 
 
-async def _unregister(server: Server, session: ClientSession) -> None:
-    if server.sessions.get(session.client_id) is session:
-        del server.sessions[session.client_id]
-        server.client_left(session)
+async def _unregister(state: ServerState, session: ClientSession) -> None:
+    if state.sessions.get(session.client_id) is session:
+        del state.sessions[session.client_id]
+        state.schedule.left(session.client_id)
+        state.wake.set()
     await session.close(session.close_reason or "disconnected")
 
 
@@ -287,3 +287,55 @@ async def _refuse(peer: Peer, msg: Error | Reject, code: ByeCode = ByeCode.UNSPE
 async def _close(peer: Peer, reason: str, code: ByeCode = ByeCode.UNSPECIFIED) -> None:
     with contextlib.suppress(Exception):
         await peer.close(reason, code)
+
+
+def _record_update(
+    state: ServerState,
+    session: ClientSession,
+    update: Update,
+    outcome: str,
+    code: str | None,
+    size: int,
+    norm: float | None,
+) -> None:
+    state.metrics.write(
+        "update",
+        client_id=session.client_id,
+        update_id=update.update_id,
+        outcome=outcome,
+        code=code,
+        bytes=size,
+        trigger=str(update.trigger),
+        base_version=update.base_version,
+        round=update.round,
+        sample_count=update.sample_count,
+        global_version=state.engine.version,
+        client_metrics=dict(update.metrics),
+        norm=norm,  # the door's ‖Δ‖₂; null only when the tensor checks did not run
+    )
+
+
+async def farewell(session: ClientSession, reason: str, code: ByeCode, flush_s: float) -> None:
+    """Flush what is queued (bounded), then say Bye with ``code`` and close the session.
+
+    The Bye goes out on the peer first, while the session's writer idles between messages
+    (the peer's write lock keeps it from ever splitting one); the session's own close then
+    finds the conversation ended and only stops its writer."""
+    if flush_s > 0:
+        await session.flush(flush_s)
+    with contextlib.suppress(Exception):
+        await session.peer.close(reason, code)
+    await session.close(reason)
+
+
+def expel_revoked(state: ServerState, revocation: RevocationList) -> list[asyncio.Task[None]]:
+    """Connected clients whose certificate is now revoked get Bye `revoked` and are dropped
+    (the transport's deny-list only guards new connections); returns the closing tasks."""
+    tasks = []
+    for session in list(state.sessions.values()):
+        serial = session.peer.certificate_serial
+        if serial is not None and revocation.is_serial_revoked(serial):
+            log.warning("client_revoked", client_id=session.client_id, serial=hex(serial))
+            closing = farewell(session, "certificate revoked", ByeCode.REVOKED, flush_s=0.0)
+            tasks.append(asyncio.get_running_loop().create_task(closing))
+    return tasks
