@@ -6,7 +6,7 @@ way the server folds uploads on arrival. Three timings, all in the same process 
   fold       WeightedSum.add with the norm supplied (the door has already computed it)
   fold+norm  WeightedSum.add computing ‖Δ‖₂ itself (one extra read of the update)
   memcpy     np.copyto of the same update bytes into a preallocated buffer (the floor)
-then `fedavg.finish` (mean + apply to the global). GB/s counts update bytes folded per second
+then `FedAvg.finish` (mean + apply to the global). GB/s counts update bytes folded per second
 (median over repeats, and best); fold/memcpy is the median of the per-repeat ratio.
 Peak RSS growth is ru_maxrss after all passes minus ru_maxrss before any (global model, noise
 source and memcpy sink already resident), each workload in a fresh interpreter so the peaks
@@ -30,8 +30,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from fedllm_server.strategies import fedavg
 from fedllm_server.strategies.base import TensorDict, l2_norm
+from fedllm_server.strategies.fedavg import FedAvg
+from fedllm_server.strategies.settings import FedAvgSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 WORKLOADS = {"10x20MB": (10, 20 * 2**20), "100x1MB": (100, 1 * 2**20)}
@@ -73,7 +74,7 @@ def one_pass(
     if mode == "memcpy":
         return spent, 0.0
     t0 = time.perf_counter()
-    fedavg.finish(glob, acc, new_version=1)
+    FedAvg(FedAvgSettings()).finish(glob, acc, None, new_version=1)
     return spent, time.perf_counter() - t0
 
 
