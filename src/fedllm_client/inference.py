@@ -38,7 +38,6 @@ from fedllm_client.stats import Summary
 from fedllm_core import systemd
 from fedllm_core.data import ZeekStream, prepare_data, read_flow_file, template_for
 from fedllm_core.errors import DataError
-from fedllm_core.jsonlines import plain_json
 from fedllm_core.model import build_model, load_trainable_state
 from fedllm_core.training import encode_split, predict_logits
 from fedllm_core.version import package_version
@@ -183,14 +182,14 @@ def _records(path: Path, follow: bool, poll_s: float, summary: Summary) -> Itera
             yield record
 
 
-class _StopSignal:
+class StopSignal:
     """SIGTERM/SIGINT set a flag: the run classifies what it read, then summarises."""
 
     def __init__(self) -> None:
         self.name: str | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopSignal:
+    def __enter__(self) -> StopSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -219,7 +218,7 @@ class ClassifyRun:
         self._pinged = time.monotonic()
         self._status_at = 0.0
 
-    def run(self, path: Path, follow: bool, stop: _StopSignal) -> None:
+    def run(self, path: Path, follow: bool, stop: StopSignal) -> None:
         systemd.notify("READY=1\nSTATUS=classifying")
         for record in _records(path, follow, self.inference.poll_interval_s, self.summary):
             if record is not None:
@@ -268,7 +267,7 @@ class ClassifyRun:
         if self.alerts_only and not verdict.alert:
             return
         doc = flow_document(record, verdict, ctx, latency_ms=ms, now=now, true_label=truth)
-        self.out.write(json.dumps(plain_json(doc)) + "\n")
+        self.out.write(json.dumps(doc) + "\n")  # plain types only (alerts.py)
 
     @property
     def _labelled_task(self) -> bool:
@@ -320,7 +319,7 @@ def run_classify(
         batch_size=inference.batch_size,
     )
     try:
-        with _StopSignal() as stop:
+        with StopSignal() as stop:
             job = ClassifyRun(settings, out, alerts_only=alerts)
             job.run(path, follow, stop)
     finally:
