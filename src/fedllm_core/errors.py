@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     DATA = 65  # input data unusable (EX_DATAERR)
     UNAVAILABLE = 69  # a peer or resource we need is unavailable (EX_UNAVAILABLE)
     OS = 71  # could not bind / OS-level failure (EX_OSERR)
+    TEMPFAIL = 75  # a resource is busy now, e.g. another server holds the state_dir (EX_TEMPFAIL)
     TLS = 77  # certificates or keys missing / invalid (EX_NOPERM)
     CONFIG = 78  # invalid settings (EX_CONFIG)
 

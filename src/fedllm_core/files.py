@@ -34,6 +34,7 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes | memoryview], mode: in
     tmp.unlink(missing_ok=True)  # a leftover from a crash would keep its old mode
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        os.fchmod(fd, mode)  # exactly `mode`: the umask filtered what open() applied
         with os.fdopen(fd, "wb") as handle:
             for part in parts:
                 handle.write(part)

@@ -203,7 +203,9 @@ async def _on_update(state: ServerState, session: ClientSession, update: Update)
         schedule.refused(cid)
         assert verdict.code is not None
         code = RejectCode(verdict.code.value)
-        await _rejected(state, session, update, code, verdict.detail, norm=verdict.norm)
+        await _rejected(
+            state, session, update, code, verdict.detail, blame=verdict.blame, norm=verdict.norm
+        )
         return
     actions = schedule.accepted(verdict.update, now)
     _accepted(state, session, update, verdict.update.norm)

@@ -1,6 +1,7 @@
 """The server daemon's lifecycle: start-up, the listening socket, signals, systemd, shutdown.
 
-Lifecycle: build the central model (θ^0, fingerprint, test split) -> restore the newest good
+Lifecycle: build the central model (θ^0, fingerprint, test split) -> lock the state_dir (a
+second server on it exits 75, `durable.lock`) -> restore the newest good
 checkpoint, let the strategy build its schedule from it, replay the pool log -> encode the
 current global model -> listen (mutual TLS unless `insecure`) -> READY=1 -> serve until
 SIGTERM/SIGINT or `stop_after_versions` -> STOPPING=1 -> finish the aggregation in flight (its
@@ -8,7 +9,9 @@ checkpoint included), write pending reports, flush outboxes, Bye to every client
 The Bye says why: `finished` when `stop_after_versions` was reached (clients exit),
 `restarting` otherwise (SIGTERM/SIGINT, a failed task: clients reconnect with backoff).
 SIGHUP reloads the revocation list and sends Bye `revoked` to every connected client whose
-certificate is now on it. Every start-up step returns what the next needs; none sets state
+certificate is now on it. A checkpoint that could not be written (after its retries) is tried
+again every `checkpoint_retry.max_delay_s` while serving, and once more at shutdown. Every
+start-up step returns what the next needs; none sets state
 for another as a side effect, so their order is the data flow. What runs once started:
 `connections` (one task per client), `scheduler` (the scheduler and reporter tasks), over one
 `state.ServerState`.
@@ -34,6 +37,7 @@ from fedllm_proto.transport import Peer, serve
 from fedllm_server import connections, scheduler
 from fedllm_server.broadcast import encode_global
 from fedllm_server.durable.checkpoint import CheckpointStore
+from fedllm_server.durable.lock import StateDirLock
 from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.engine import Engine, Loaded
 from fedllm_server.evaluation import CentralModel
@@ -72,12 +76,12 @@ class Tls:
 
 
 def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
-    state_dir = settings.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = settings.state_dir  # created (0700) and locked by the caller
     store = CheckpointStore(state_dir / "checkpoints")
     strategy = make_strategy(settings.strategy)
+    pool_log = PoolLog(state_dir / "pool.log")
     engine = Engine(
-        strategy, settings.validation, fingerprint, store, PoolLog(state_dir / "pool.log")
+        strategy, settings.validation, fingerprint, store, pool_log, settings.checkpoint_retry
     )
     return EngineThread(engine)
 
@@ -149,6 +153,7 @@ class Running:
     watchdog: asyncio.Task[None]
     revocation: RevocationList | None
     _closing: set[asyncio.Task[None]]
+    lock: StateDirLock
 
     def reload_revocations(self) -> None:
         """SIGHUP: re-read the deny-list, then drop every connected client now on it."""
@@ -167,7 +172,10 @@ class Running:
 
     async def wait(self) -> int:
         await self.state.stopping.wait()
-        await shutdown(self.state, self.listener, self.tasks)
+        try:
+            await shutdown(self.state, self.listener, self.tasks)
+        finally:
+            self.lock.release()
         self.watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.watchdog
@@ -177,7 +185,19 @@ class Running:
 async def start(
     settings: ServerSettings, central: CentralModel, *, install_signals: bool = True
 ) -> Running:
-    """Restore state, listen, announce READY; the returned handle runs until stopped."""
+    """Lock the state_dir, restore state, listen, announce READY; the returned handle runs
+    until stopped. Raises StateDirBusy (exit 75) when another server holds the state_dir."""
+    lock = StateDirLock(settings.state_dir)
+    try:
+        return await _start_locked(settings, central, lock, install_signals)
+    except BaseException:
+        lock.release()
+        raise
+
+
+async def _start_locked(
+    settings: ServerSettings, central: CentralModel, lock: StateDirLock, install_signals: bool
+) -> Running:
     restored = await restore(settings, central, make_engine(settings, central.identity.fingerprint))
     state = restored.state
     tls = tls_setup(settings)
@@ -203,11 +223,12 @@ async def start(
     tasks = [
         asyncio.create_task(scheduler.run(state), name="driver"),
         asyncio.create_task(scheduler.report(state), name="reporter"),
+        asyncio.create_task(_retry_checkpoints(state), name="checkpoint-retry"),
     ]
     for task in tasks:
         task.add_done_callback(state.task_done)
     watchdog = asyncio.create_task(_watchdog(), name="watchdog")
-    running = Running(state, listener, port, tasks, watchdog, tls.revocation, set())
+    running = Running(state, listener, port, tasks, watchdog, tls.revocation, set(), lock)
     if install_signals:
         _install_signals(running)
     return running
@@ -248,6 +269,16 @@ async def serve_forever(settings: ServerSettings, central: CentralModel) -> int:
     return await running.wait()
 
 
+async def _retry_checkpoints(state: ServerState) -> None:
+    """Try a checkpoint that failed all its retries again now and then, until it is saved."""
+    interval = max(0.1, state.settings.checkpoint_retry.max_delay_s)
+    while not state.stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.stopping.wait(), interval)
+        if state.engine.checkpoint_pending and not state.stopping.is_set():
+            await state.engine_call(state.engine.flush_checkpoint)
+
+
 async def _watchdog() -> None:
     """WATCHDOG=1 from the event loop itself: a stalled loop stops the pings."""
     interval = watchdog_interval_s()
@@ -266,9 +297,11 @@ async def shutdown(
 ) -> None:
     notify("STOPPING=1")
     listener.close()
-    drive_task, report_task = tasks
+    drive_task, report_task, retry_task = tasks
     with contextlib.suppress(Exception):  # already logged by task_done
         await drive_task  # finishes an aggregation in flight, checkpoint included
+    with contextlib.suppress(Exception):
+        await retry_task
     state.reports.put_nowait(None)
     with contextlib.suppress(Exception):
         await report_task
@@ -280,8 +313,15 @@ async def shutdown(
         ),
         return_exceptions=True,
     )
+    if not await state.engine_call(state.engine.flush_checkpoint):  # a last try
+        log.error("checkpoint_unsaved_at_stop", model_version=state.engine.version)
     await state.engine_call(state.engine.close)
-    state.metrics.write("stop", reason=state.stop_reason, version=state.engine.version)
+    state.metrics.write(
+        "stop",
+        reason=state.stop_reason,
+        version=state.engine.version,
+        checkpoint_failures=state.engine.checkpoint_attempts.failures,
+    )
     state.metrics.close()
     state.close_threads()
     log.info(

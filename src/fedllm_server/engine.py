@@ -10,6 +10,12 @@ nothing acknowledged is lost. After each aggregation a checkpoint generation is 
 the log is reset and every update still held (accepted, not part of this aggregation) is
 appended again: the log always holds exactly what a restart must bring back, and a crash
 between checkpoint and reset replays the same updates into the same version.
+A checkpoint write that fails with an I/O error is retried with backoff (`durable.retry`); if
+it still fails the new version is served from memory and the log is left as it was (a crash
+then resumes from the last durable version and aggregates the logged updates again), and new
+updates are refused (`unexpected`, not the client's fault) until a retry (`flush_checkpoint`,
+which the daemon calls periodically, or the next arrival) has made the state durable: nothing
+is Acked that a restart could not bring back. The failures are counted for the metrics.
 """
 
 from __future__ import annotations
@@ -19,15 +25,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedllm_proto.messages import Update
+import structlog
+
+from fedllm_proto.messages import RejectCode, Update
 from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
 from fedllm_server.durable.poollog import PoolLog
+from fedllm_server.durable.retry import Attempts, RetrySettings, retry_io
 from fedllm_server.strategies.base import Strategy, StrategyResult, Weighing
 from fedllm_server.strategies.settings import ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 from fedllm_server.tensors import TensorDict
 from fedllm_server.validation import DoorRules, DoorState, GlobalRef, Sender, Verdict, check_update
+
+log = structlog.get_logger("fedllm.server.engine")
+NOT_DURABLE = "the server cannot write its checkpoint now; retry later"
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class Committed:
     result: StrategyResult[Any]
     bytes_in: int  # update bytes accepted since the previous aggregation
     checkpoint_s: float
+    durable: bool = True  # False: its checkpoint failed every retry (served from memory)
+    checkpoint_failures: int = 0  # failed checkpoint writes since the engine started
 
 
 class Engine:
@@ -68,6 +82,7 @@ class Engine:
         fingerprint: str,
         store: CheckpointStore,
         log: PoolLog,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.strategy = strategy
         self.validation = validation
@@ -87,6 +102,9 @@ class Engine:
         self.acc = WeightedSum(keep_buffers=True)
         self.held: dict[str, AcceptedUpdate] = {}  # update_id -> accepted, not yet folded
         self._bytes_in = 0
+        self.retry = retry or RetrySettings()
+        self.checkpoint_attempts = Attempts()
+        self._unsaved: Checkpoint | None = None  # a generation whose write kept failing
 
     @property
     def version(self) -> int:
@@ -126,6 +144,8 @@ class Engine:
 
     def accept(self, sender: Sender, update: Update, now: float, wall: float) -> Verdict:
         """Judge `update` at the door; when accepted, durably log and hold it."""
+        if self._unsaved is not None and not self.flush_checkpoint():
+            return Verdict(RejectCode.UNEXPECTED, NOT_DURABLE, blame=False)
         verdict = check_update(update, sender, self._ref, self.rules, self.door, now, wall)
         if verdict.update is not None:
             self.log.append(verdict.update)
@@ -165,13 +185,16 @@ class Engine:
         self._set_global(result.metrics.version, result.global_tensors)
         bytes_in, self._bytes_in = self._bytes_in, 0
         started = time.perf_counter()
-        self.checkpoint(durable, now, result.metrics.to_dict())
-        return Committed(self._version, result, bytes_in, time.perf_counter() - started)
+        saved = self.checkpoint(durable, now, result.metrics.to_dict())
+        elapsed = time.perf_counter() - started
+        failures = self.checkpoint_attempts.failures
+        return Committed(self._version, result, bytes_in, elapsed, saved, failures)
 
     def checkpoint(
         self, durable: Mapping[str, Any], now: float, metrics: dict[str, Any] | None = None
-    ) -> None:
-        """Write the current version's generation, then start its log (held updates again)."""
+    ) -> bool:
+        """Write the current version's generation, then start its log (held updates again);
+        False when every retry failed (the generation stays pending, see the module rules)."""
         arrays, strategy_meta = self.strategy.state_to_arrays(self.strategy_state)
         meta: dict[str, Any] = {
             "strategy": self.strategy.name,
@@ -179,10 +202,53 @@ class Engine:
             **durable,
             **strategy_meta,
         }
-        self.store.save(Checkpoint(self._version, self.global_tensors, arrays, meta, metrics or {}))
-        self.log.reset(self._version)  # only now: the checkpoint is durable
+        ckpt = Checkpoint(self._version, self.global_tensors, arrays, meta, metrics or {})
+        self._unsaved = ckpt  # a newer generation supersedes one still pending
+        try:
+            retry_io(lambda: self._commit(ckpt), self.retry, self.checkpoint_attempts, "checkpoint")
+        except OSError as exc:
+            log.error(
+                "checkpoint_unsaved",
+                model_version=ckpt.version,
+                error=str(exc),
+                failures=self.checkpoint_attempts.failures,
+                detail="serving from memory; updates are refused until a retry succeeds",
+            )
+            return False
+        return True
+
+    def _commit(self, ckpt: Checkpoint) -> None:
+        """Save `ckpt`, then reset the log to it (the whole step is safe to repeat)."""
+        self.store.save(ckpt)
+        self.log.reset(ckpt.version)  # only now: the checkpoint is durable
         for update in self.held.values():
             self.log.append(update)
+        self._unsaved = None
+
+    @property
+    def checkpoint_pending(self) -> bool:
+        """A generation is in memory only (the event loop may read this)."""
+        return self._unsaved is not None
+
+    def flush_checkpoint(self) -> bool:
+        """One more try at a pending generation; True when nothing is pending any more."""
+        ckpt = self._unsaved
+        if ckpt is None:
+            return True
+        try:
+            self._commit(ckpt)
+        except OSError as exc:
+            self.checkpoint_attempts.failures += 1
+            log.warning(
+                "checkpoint_write_failed",
+                what="checkpoint",
+                attempt="later",
+                error=str(exc),
+                failures=self.checkpoint_attempts.failures,
+            )
+            return False
+        log.info("checkpoint_recovered", model_version=ckpt.version)
+        return True
 
     def close(self) -> None:
         self.log.close()

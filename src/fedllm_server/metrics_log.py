@@ -16,6 +16,7 @@ from typing import Any
 
 from fedllm_core.jsonlines import JsonLinesFile
 from fedllm_core.jsonlines import read_json_lines as read_metrics
+from fedllm_server.durable.private import make_private
 
 __all__ = ["SCHEMA", "MetricsLog", "read_metrics"]
 
@@ -27,6 +28,8 @@ class MetricsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(path)  # 0600 whatever the umask (it names clients and their metrics)
         self._file = JsonLinesFile(path)
 
     def write(self, kind: str, **fields: Any) -> None:

@@ -189,5 +189,7 @@ def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> 
         "time_to_quorum_s": item.time_to_quorum_s,
         "aggregation_s": item.aggregation_s,
         "checkpoint_s": item.committed.checkpoint_s,
+        "durable": item.committed.durable,  # False: its checkpoint failed every retry
+        "checkpoint_failures": item.committed.checkpoint_failures,  # since the start
         "evaluation": evaluation,
     }

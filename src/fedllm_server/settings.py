@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
 from fedllm_core.settings import FrozenSettings
+from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.strategies.registry import StrategySettings
 from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
 
@@ -75,6 +76,8 @@ class ServerSettings(FrozenSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     state_dir: Path = Path("/var/lib/fedllm-server")
     metrics_file: Path | None = None  # None: <state_dir>/metrics.jsonl
+    # A failing checkpoint write (disk full, I/O error) is retried so; then serving goes on.
+    checkpoint_retry: RetrySettings = Field(default_factory=RetrySettings)
     seed: int = 0  # initial global model and client selection
     strategy: StrategySettings = Field(default_factory=FedAvgSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)

@@ -74,6 +74,7 @@ class Verdict:
     detail: str = ""
     norm: float | None = None  # ‖Δ‖₂, computed whenever the tensor checks ran
     update: AcceptedUpdate | None = None  # set exactly when accepted
+    blame: bool = True  # False: the server's own state, not the client's fault
 
     @property
     def accepted(self) -> bool:

@@ -4,6 +4,7 @@ One generation = three files in ``<state_dir>/checkpoints``:
 ``global-<v>.safetensors`` (the global adapter + head, loadable by any safetensors tool),
 ``strategy-<v>.safetensors`` (strategy arrays, e.g. FedOpt moments) and ``checkpoint-<v>.json``
 (version, strategy scalars, metrics, sha256 of both tensor files, and its own checksum).
+Every file is created 0600 (the directory 0700): the model is the federation's, not the host's.
 Every file is written temp + fsync + rename, then the directory is fsynced; the manifest is
 written last, so it is the commit point: a generation without a valid manifest does not exist.
 Loading walks generations newest first and returns the first whose checksums all match, so a
@@ -26,6 +27,7 @@ import safetensors.numpy
 
 from fedllm_core.files import atomic_write
 from fedllm_core.tensorfile import write_safetensors
+from fedllm_server.durable.private import PRIVATE_MODE
 from fedllm_server.tensors import TensorDict
 
 KEEP_GENERATIONS = 2
@@ -67,7 +69,7 @@ class CheckpointStore:
     def __init__(self, directory: Path, keep: int = KEEP_GENERATIONS) -> None:
         self.directory = directory
         self.keep = max(2, keep)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _paths(self, version: int) -> tuple[Path, Path, Path]:
         stem = f"{version:08d}"
@@ -84,13 +86,14 @@ class CheckpointStore:
         body = {
             "format": 1,
             "version": ckpt.version,
-            "global_sha256": write_safetensors(global_path, ckpt.global_state),
-            "strategy_sha256": write_safetensors(strategy_path, ckpt.strategy_arrays),
+            "global_sha256": write_safetensors(global_path, ckpt.global_state, PRIVATE_MODE),
+            "strategy_sha256": write_safetensors(strategy_path, ckpt.strategy_arrays, PRIVATE_MODE),
             "strategy_meta": ckpt.strategy_meta,
             "metrics": ckpt.metrics,
         }
         body["checksum"] = _manifest_checksum(body)
-        atomic_write(manifest_path, json.dumps(body, indent=1, sort_keys=True).encode())
+        manifest = json.dumps(body, indent=1, sort_keys=True).encode()
+        atomic_write(manifest_path, manifest, PRIVATE_MODE)
         self._prune()
         return manifest_path
 

@@ -21,8 +21,8 @@ epoch | payload`` (a full-model update of more than 4 GiB fits). Reading stops a
 frame that is not a record of this epoch: a frame with this epoch that runs past the end of the
 file or fails its CRC is a torn append (the writer died mid-append; it was never Acked) and is
 reported; anything else is space left from earlier epochs. Payload: u32 length + msgpack
-header, then the raw tensor bytes. Pure file I/O on numpy arrays; callers run it off the event
-loop.
+header, then the raw tensor bytes. The file is 0600. Pure file I/O on numpy arrays; callers run
+it off the event loop.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 from fedllm_core.files import atomic_write
 from fedllm_core.tensorfile import raw_view
 from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.durable.private import PRIVATE_MODE, make_private
 from fedllm_server.tensors import TensorDict, l2_norm
 
 _MAGIC = b"FLOG"
@@ -177,6 +178,7 @@ class PoolLog:
         if replay.version != version:
             self.reset(version)
             return Replay(replay.version, [], replay.torn_bytes)
+        make_private(self.path)  # a log written before the 0600 rule is tightened too
         self._fh = self.path.open("r+b")
         self._fh.seek(replay.end)  # a torn append is overwritten by the next one
         self._epoch = replay.epoch
@@ -203,7 +205,8 @@ class PoolLog:
         """
         if self._fh is None:
             if not self.path.exists():
-                atomic_write(self.path, b"")
+                atomic_write(self.path, b"", PRIVATE_MODE)
+            make_private(self.path)
             self._fh = self.path.open("r+b")
         self._epoch = int.from_bytes(os.urandom(8), "little")
         self._fh.seek(0)
