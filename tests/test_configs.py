@@ -100,3 +100,31 @@ def test_client_example_loads() -> None:
         ClientSettings, CONFIGS / "client.toml", env_prefix=CLIENT_ENV, environ={}
     )
     assert settings.server.port == 8443
+
+
+def _quickstart() -> tuple[ServerSettings, list[ClientSettings]]:
+    quick = CONFIGS / "quickstart"
+    server = load_settings(ServerSettings, quick / "server.toml", env_prefix=SERVER_ENV, environ={})
+    clients = [
+        load_settings(ClientSettings, path, env_prefix=CLIENT_ENV, environ={})
+        for path in sorted(quick.glob("client-*.toml"))
+    ]
+    return server, clients
+
+
+def test_quickstart_federation_stops_on_its_own_with_every_client_in_each_round() -> None:
+    server, clients = _quickstart()
+    assert (server.stop_after_versions, server.rounds.min_clients) == (3, len(clients))
+
+
+def test_quickstart_clients_share_the_servers_data_and_model_but_not_a_partition() -> None:
+    server, clients = _quickstart()
+    shared = [(c.data.model_copy(update={"partition_index": 0}), c.model) for c in clients]
+    indices = sorted(c.data.partition_index for c in clients)
+    assert (shared, indices) == ([(server.data, server.model)] * 3, list(range(len(clients))))
+
+
+def test_quickstart_client_budget_covers_every_round() -> None:
+    server, clients = _quickstart()
+    rounds = server.stop_after_versions or 0
+    assert {c.max_total_steps for c in clients} == {rounds * server.rounds.local_steps}
