@@ -81,7 +81,13 @@ def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
     strategy = make_strategy(settings.strategy)
     pool_log = PoolLog(state_dir / "pool.log")
     engine = Engine(
-        strategy, settings.validation, fingerprint, store, pool_log, settings.checkpoint_retry
+        strategy,
+        settings.validation,
+        fingerprint,
+        store,
+        pool_log,
+        settings.checkpoint_retry,
+        settings.norm_bound,
     )
     return EngineThread(engine)
 

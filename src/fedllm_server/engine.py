@@ -36,7 +36,15 @@ from fedllm_server.strategies.base import Strategy, StrategyResult, Weighing
 from fedllm_server.strategies.settings import ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 from fedllm_server.tensors import TensorDict
-from fedllm_server.validation import DoorRules, DoorState, GlobalRef, Sender, Verdict, check_update
+from fedllm_server.validation import (
+    DoorRules,
+    DoorState,
+    GlobalRef,
+    NormBoundSettings,
+    Sender,
+    Verdict,
+    check_update,
+)
 
 log = structlog.get_logger("fedllm.server.engine")
 NOT_DURABLE = "the server cannot write its checkpoint now; retry later"
@@ -83,12 +91,16 @@ class Engine:
         store: CheckpointStore,
         log: PoolLog,
         retry: RetrySettings | None = None,
+        norm_bound: NormBoundSettings | None = None,
     ) -> None:
         self.strategy = strategy
         self.validation = validation
         self.fingerprint = fingerprint
         self.rules = DoorRules(
-            validation, strategy.max_lag(validation), not strategy.partial_updates
+            validation,
+            strategy.max_lag(validation),
+            not strategy.partial_updates,
+            norm_bound or NormBoundSettings(),
         )
         self.door = DoorState()
         self.store = store

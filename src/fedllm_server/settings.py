@@ -19,6 +19,7 @@ from fedllm_core.settings import FrozenSettings
 from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.strategies.registry import StrategySettings
 from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
+from fedllm_server.validation import NormBoundSettings
 
 ENV_PREFIX = "FEDLLM_SERVER"
 
@@ -81,6 +82,8 @@ class ServerSettings(FrozenSettings):
     seed: int = 0  # initial global model and client selection
     strategy: StrategySettings = Field(default_factory=FedAvgSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    # The door's ‖Δ‖₂ bound from the accepted norms (on by default; docs/server.md).
+    norm_bound: NormBoundSettings = Field(default_factory=NormBoundSettings)
     rounds: RoundSettings = Field(default_factory=RoundSettings)
     model: ModelSettings = Field(default_factory=lambda: ModelSettings.model_validate({}))
     data: DataSettings = Field(default_factory=lambda: DataSettings.model_validate({}))

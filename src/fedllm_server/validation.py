@@ -8,7 +8,14 @@ n_i is a FedAvg weight, so an unbounded one is a model replacement), future_vers
 token per update that reaches the gate, accepted or not), then the O(model) tensor checks
 tensor_mismatch (`exact`: every global tensor, as FedAvg/FedOpt need; else a subset),
 non_finite (naming the first tensor holding NaN or inf), norm_too_large. The norm is computed
-(and carried in the verdict, for the logs) whenever the tensor checks ran; it is always finite.
+(and carried in the verdict, for the logs) whenever the tensor checks ran; it is always finite
+(squares that overflow float32 are summed again from scaled float64 values).
+The norm bound is on by default and follows the federation (`NormBoundSettings`): until
+`min_history` updates have been accepted it is the absolute `warmup_bound`; then it is
+`factor` times the median of the last `history` accepted norms (never below `min_bound`, so a
+run of zero deltas cannot lock everyone out). `validation.max_l2_norm`, when set, is a fixed cap
+on top. Only accepted norms enter the history, so rejected attackers cannot move it, and an
+accepted minority moves a median little.
 An accepted update's id is remembered (per-client LRU) so a replay is refused. `DoorState` is
 the only state; it is explicit, bounded, serialisable and changed only by `check_update`.
 No clock: `now` (monotonic) and `wall` (the record's timestamp) are arguments.
@@ -17,6 +24,7 @@ No clock: `now` (monotonic) and `wall` (the record's timestamp) are arguments.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field, model_validator
 
+from fedllm_core.settings import FrozenSettings
 from fedllm_proto.messages import RejectCode, Update
 from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.strategies.settings import ValidationSettings
@@ -57,6 +67,23 @@ class Sender:
     fingerprint: str
 
 
+class NormBoundSettings(FrozenSettings):
+    """The door's bound on ‖Δ‖₂, derived from the norms it has accepted (see module rules)."""
+
+    enabled: bool = True
+    factor: float = Field(default=10.0, gt=1, description="c: ‖Δ‖₂ <= c x median accepted")
+    history: int = Field(default=64, ge=1, description="K: recent accepted norms kept")
+    min_history: int = Field(default=8, ge=1, description="accepted norms before the median")
+    warmup_bound: float = Field(default=1000.0, gt=0, description="absolute bound until then")
+    min_bound: float = Field(default=1e-3, gt=0, description="the derived bound's floor")
+
+    @model_validator(mode="after")
+    def _history_holds_warmup(self) -> NormBoundSettings:
+        if self.min_history > self.history:
+            raise ValueError("min_history must be <= history")
+        return self
+
+
 @dataclass(frozen=True)
 class DoorRules:
     """The checks' parameters: the settings, plus what the strategy and schedule allow."""
@@ -64,6 +91,7 @@ class DoorRules:
     settings: ValidationSettings
     max_lag: int  # versions an update may lag behind (0: synchronous rounds)
     exact: bool  # every global tensor required (FedAvg/FedOpt); False: a subset (GSFS)
+    norm_bound: NormBoundSettings = field(default_factory=NormBoundSettings)
 
 
 @dataclass(frozen=True)
@@ -100,10 +128,16 @@ class TokenBucket:
 
 @dataclass
 class DoorState:
-    """Per-client replay memory (LRU of accepted update ids) and rate-limit buckets."""
+    """Per-client replay memory (LRU of accepted update ids), rate-limit buckets, and the
+    norms of the last accepted updates (oldest first; the norm bound's history)."""
 
     seen: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    norms: list[float] = field(default_factory=list)
+
+    def remember_norm(self, norm: float, capacity: int) -> None:
+        self.norms.append(norm)
+        del self.norms[: max(0, len(self.norms) - capacity)]
 
     def remember(self, client_id: str, update_id: str, capacity: int) -> None:
         ids = self.seen.setdefault(client_id, OrderedDict())
@@ -117,6 +151,7 @@ class DoorState:
         return {
             "seen": {cid: list(ids) for cid, ids in self.seen.items()},
             "buckets": {cid: [b.tokens, now - b.updated_at] for cid, b in self.buckets.items()},
+            "norms": list(self.norms),
         }
 
     @classmethod
@@ -126,7 +161,8 @@ class DoorState:
             cid: TokenBucket(float(tokens), now - float(age))
             for cid, (tokens, age) in data["buckets"].items()
         }
-        return cls(seen=seen, buckets=buckets)
+        norms = [float(n) for n in data.get("norms", ())]  # absent before the norm bound
+        return cls(seen=seen, buckets=buckets, norms=norms)
 
 
 # --- the individual checks (pure) -------------------------------------------------------------
@@ -168,7 +204,28 @@ def check_layout(
     return None
 
 
-def check_values(tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | None) -> Verdict:
+def norm_bound(
+    rules: NormBoundSettings, fixed: float | None, accepted: list[float]
+) -> tuple[float | None, str]:
+    """The bound on ‖Δ‖₂ now, and what it is (for the Reject detail); None: no bound."""
+    bounds: list[tuple[float, str]] = []
+    if fixed is not None:
+        bounds.append((fixed, "validation.max_l2_norm"))
+    if rules.enabled and len(accepted) < rules.min_history:
+        bounds.append((rules.warmup_bound, "norm_bound.warmup_bound"))
+    elif rules.enabled:
+        recent = accepted[-rules.history :]
+        derived = max(rules.min_bound, rules.factor * statistics.median(recent))
+        why = f"{rules.factor:g} x median of the last {len(recent)} accepted norms"
+        bounds.append((derived, why))
+    if not bounds:
+        return None, ""
+    return min(bounds)
+
+
+def check_values(
+    tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | None, why: str = ""
+) -> Verdict:
     """All finite and ‖Δ‖₂ within bound; one BLAS pass, isfinite only when the sum is not."""
     norm = l2_norm(tensors)
     if not math.isfinite(norm):
@@ -179,7 +236,8 @@ def check_values(tensors: Mapping[str, npt.NDArray[Any]], max_norm: float | None
     if not math.isfinite(norm):  # cannot happen for finite float32 values; never let it by
         return Verdict(RejectCode.NON_FINITE, f"‖Δ‖₂ is {norm}")
     if max_norm is not None and norm > max_norm:
-        return Verdict(RejectCode.NORM_TOO_LARGE, f"‖Δ‖₂ {norm:.6g} > {max_norm:.6g}", norm)
+        detail = f"norm bound: ‖Δ‖₂ {norm:.6g} > {max_norm:.6g}" + (f" ({why})" if why else "")
+        return Verdict(RejectCode.NORM_TOO_LARGE, detail, norm)
     return Verdict(None, "", norm)
 
 
@@ -229,10 +287,12 @@ def check_update(
     early = early or check_layout(update.tensors, ref.specs, exact=rules.exact)
     if early is not None:
         return early
-    verdict = check_values(update.tensors, settings.max_l2_norm)
+    bound, why = norm_bound(rules.norm_bound, settings.max_l2_norm, door.norms)
+    verdict = check_values(update.tensors, bound, why)
     if not verdict.accepted or verdict.norm is None:
         return verdict
     door.remember(sender.client_id, update.update_id, settings.replay_memory)
+    door.remember_norm(verdict.norm, rules.norm_bound.history)
     return Verdict(None, "", verdict.norm, _record(update, sender.client_id, wall, verdict.norm))
 
 

@@ -138,3 +138,23 @@ def test_the_door_norm_of_a_huge_delta_is_logged(tmp_path: Path) -> None:
     expected = _with_daemon(tmp_path, attack)
     records = [r for r in read_metrics(_settings(tmp_path).metrics_path) if r["kind"] == "update"]
     assert math.isclose(records[-1]["norm"] or 0.0, expected, rel_tol=1e-5)
+
+
+def test_a_huge_delta_is_refused_by_the_default_norm_bound(tmp_path: Path) -> None:
+    async def attack(running: Running) -> tuple[list[str], float]:
+        fingerprint = running.state.fingerprint
+        attacker = ScriptedClient("attacker", "127.0.0.1", running.port, None, fingerprint)
+        await _one_upload(attacker)  # learns the layout (one honest-looking upload)
+        huge = {k: np.full(v.shape, 1e30, np.float32) for k, v in attacker.global_tensors.items()}
+        await _one_upload(attacker, huge)
+        honest = ScriptedClient("honest", "127.0.0.1", running.port, None, fingerprint, seed=1)
+        await _one_upload(honest)  # with the attacker's first upload: quorum K=2, version 1
+        for _ in range(10_000):  # bounded; the timeout of _with_daemon ends it long before
+            if running.state.engine.version >= 1:
+                break
+            await asyncio.sleep(0.01)
+        peak = max(float(np.abs(v).max()) for v in running.state.engine.global_tensors.values())
+        return [str(r.code) for r in attacker.rejects], peak
+
+    codes, peak = _with_daemon(tmp_path, attack)
+    assert (codes, peak < 1e3) == (["norm_too_large"], True)
