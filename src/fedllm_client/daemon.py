@@ -29,16 +29,16 @@ from fedllm_client.settings import ClientSettings
 from fedllm_client.trainer import WorkerThread
 from fedllm_core import systemd
 from fedllm_core.errors import ExitCode, FedllmError
-from fedllm_proto.errors import RemoteProtocolError
 from fedllm_proto.messages import Bye, ByeCode
 from fedllm_proto.tls import client_context
 from fedllm_proto.transport import PeerClosed, connect
 
 log = structlog.get_logger("fedllm.client")
 CONNECT_TIMEOUT_S = 20.0
-# What a lost or refused connection looks like (the server's fault or the network's); anything
-# else, our own LocalProtocolError included, is a bug and ends the daemon (exit 1).
-CONNECTION_ERRORS = (OSError, ssl.SSLError, TimeoutError, PeerClosed, RemoteProtocolError, EOFError)
+# What a lost or refused connection looks like (the server's fault or the network's): connect()
+# raises the OS/TLS/timeout errors, a live Peer only PeerClosed. Anything else, our own
+# LocalProtocolError included, is a bug and ends the daemon (exit 1).
+CONNECTION_ERRORS = (OSError, ssl.SSLError, TimeoutError, PeerClosed, EOFError)
 
 
 class GaveUp(FedllmError):

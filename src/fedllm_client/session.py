@@ -20,7 +20,7 @@ import structlog
 from fedllm_client.refusal import HandshakeRefused, Refused, tls_refusal
 from fedllm_client.runtime import ClientRuntime, PendingUpload
 from fedllm_client.trainer import WorkerThread
-from fedllm_proto.errors import ErrorCode, LocalProtocolError
+from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import (
     Ack,
     Bye,
@@ -34,7 +34,6 @@ from fedllm_proto.messages import (
     Update,
     Welcome,
 )
-from fedllm_proto.states import State
 from fedllm_proto.transport import Peer, PeerClosed
 
 log = structlog.get_logger("fedllm.client")
@@ -243,14 +242,9 @@ class Session:
             await self.worker.run(self.rt.uploaded, pending, nbytes)
 
     async def _send(self, update: Update) -> None:
-        try:
-            await self.peer.send(update)
-        except LocalProtocolError as exc:
-            # the reader just saw the connection fail (state ERROR/CLOSED): a lost connection,
-            # not our bug; anything else is a bug and ends the daemon
-            if self.peer.connection.state in (State.ERROR, State.CLOSED):
-                raise PeerClosed(f"connection ended while sending: {exc}") from exc
-            raise
+        # a dead link raises PeerClosed (the session ends, the daemon reconnects); a
+        # LocalProtocolError here would be our own bug and ends the daemon
+        await self.peer.send(update)
 
     # ------------------------------------------------------------------ strategies
     async def _sync_loop(self) -> None:

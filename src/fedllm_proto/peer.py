@@ -32,7 +32,14 @@ WRITE_SLICE = 1 << 20  # largest single transport.write (see WireProtocol.write)
 
 
 class PeerClosed(Exception):
-    """The peer said Bye, sent an Error frame, or closed the connection."""
+    """The link is gone: the one exception ``Peer.send``/``Peer.recv`` raise when it ends.
+
+    Whatever ended it (the peer's Bye or Error frame, a lost socket, the peer breaking the
+    protocol, the idle timeout, a send that stalled, a send after the end), callers catch this
+    one type and read why from it; anything else escaping a Peer is a bug. ``kind`` is a
+    stable word for logs and metrics: bye, error (the peer's Error frame), protocol (the peer
+    broke the protocol; ``cause`` is our RemoteProtocolError), idle, stalled, lost, closed.
+    """
 
     def __init__(
         self,
@@ -41,12 +48,21 @@ class PeerClosed(Exception):
         *,
         bye: Bye | None = None,
         cause: BaseException | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error  # the peer's Error message, when that is how it ended
         self.bye = bye  # the peer's Bye (its code says why), when that is how it ended
         self.cause = cause  # what broke the connection (e.g. a TLS alert), when known
+        self.kind = kind or ("bye" if bye else "error" if error else "lost" if cause else "closed")
+
+    @property
+    def code(self) -> ErrorCode | None:
+        """The wire error code behind the end, when there is one (ours or the peer's)."""
+        if self.error is not None:
+            return self.error.code
+        return self.cause.code if isinstance(self.cause, ProtocolError) else None
 
 
 _Item = Message | BaseException
@@ -106,7 +122,7 @@ class WireProtocol(asyncio.BufferedProtocol):
         self._dead = True
         self._can_write.set()
         if not self.inbox or not isinstance(self.inbox[-1], BaseException):
-            self._push(PeerClosed(f"connection lost: {exc or 'closed'}", cause=exc))
+            self._push(PeerClosed(f"connection lost: {exc or 'closed'}", cause=exc, kind="lost"))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -127,7 +143,7 @@ class WireProtocol(asyncio.BufferedProtocol):
             elif isinstance(event, Error):
                 self._push(PeerClosed(f"error {event.code.name}: {event.detail}", event))
             elif isinstance(event, ConnectionClosed):
-                self._push(PeerClosed("connection closed by peer"))
+                self._push(PeerClosed("connection closed by peer", kind="lost"))
             elif isinstance(event, Message):
                 self._push(event)
             else:
@@ -166,7 +182,8 @@ class WireProtocol(asyncio.BufferedProtocol):
                 self.transport.write(self.conn.send_error(exc, _now()))
                 self._close_after_error(self.transport)
         self._dead = True
-        self._push(TimeoutError(str(exc)) if exc.code is ErrorCode.IDLE_TIMEOUT else exc)
+        kind = "idle" if exc.code is ErrorCode.IDLE_TIMEOUT else "protocol"
+        self._push(PeerClosed(f"{event}: {exc.detail}", cause=exc, kind=kind))
 
     @staticmethod
     def _close_after_error(transport: asyncio.Transport) -> None:
@@ -198,7 +215,7 @@ class WireProtocol(asyncio.BufferedProtocol):
             view = memoryview(buf)
             for start in range(0, max(len(view), 1), WRITE_SLICE):
                 if self._dead or self.transport.is_closing():
-                    raise PeerClosed("connection closed while sending")
+                    raise PeerClosed("connection closed while sending", kind="closed")
                 self.transport.write(view[start : start + WRITE_SLICE])
                 if not self._can_write.is_set():
                     await self._wait_writable(stall_timeout_s)
@@ -208,13 +225,14 @@ class WireProtocol(asyncio.BufferedProtocol):
     async def _wait_writable(self, stall_timeout_s: float | None) -> None:
         try:
             await asyncio.wait_for(self._can_write.wait(), stall_timeout_s)
-        except TimeoutError:
+        except TimeoutError as exc:
             log.warning("peer_send_stalled", address=self.address, timeout_s=stall_timeout_s)
             assert self.transport is not None
             self.transport.abort()
-            raise
+            detail = f"peer read nothing for {stall_timeout_s}s"
+            raise PeerClosed(f"send stalled: {detail}", cause=exc, kind="stalled") from exc
         if self._dead:
-            raise PeerClosed("connection closed while sending")
+            raise PeerClosed("connection closed while sending", kind="closed")
 
 
 def _now() -> float:
@@ -267,8 +285,10 @@ class Peer:
             await self._write(self._conn.send_encoded(encoded, prepared.message, _now()))
 
     def _check_sendable(self) -> None:
-        if self._proto.lost.done() or self._conn.state is State.CLOSED:
-            raise PeerClosed("connection is closed")
+        # ERROR: the reader just failed this link (the peer broke the protocol or went idle);
+        # a send then is a dead link like any other, not our bug.
+        if self._proto.lost.done() or self._conn.state in (State.CLOSED, State.ERROR):
+            raise PeerClosed("connection is closed", kind="closed")
 
     async def _write(self, buffers: list[Buffer]) -> None:
         self.bytes_sent += await self._proto.write(buffers, self._idle_timeout_s)
@@ -276,7 +296,7 @@ class Peer:
         self._proto.timer_kick.set()
 
     async def recv(self) -> Message:
-        """The next message; raises PeerClosed, ProtocolError or TimeoutError (idle)."""
+        """The next message; raises PeerClosed (and only that) once the link has ended."""
         while True:
             item = self._proto.pop()
             if item is None:

@@ -20,7 +20,7 @@ import time
 
 import structlog
 
-from fedllm_proto.errors import ErrorCode, ProtocolError
+from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import (
     PROTOCOL_VERSIONS,
     Ack,
@@ -51,26 +51,27 @@ async def handle_peer(state: ServerState, peer: Peer) -> None:
         return
     try:
         await _read_loop(state, session)
-    except (PeerClosed, ConnectionError, asyncio.IncompleteReadError) as exc:
-        log.info("client_disconnected", client_id=session.client_id, reason=repr(exc))
-    except TimeoutError:
-        log.info("client_idle_timeout", client_id=session.client_id)
-    except ProtocolError as exc:
-        log.warning(
-            "client_protocol_error",
-            client_id=session.client_id,
-            code=exc.code.name,
-            detail=exc.detail,
-        )
+    except PeerClosed as exc:
+        _log_link_end(session.client_id, exc)
     finally:
         await _unregister(state, session)
+
+
+def _log_link_end(client_id: str, exc: PeerClosed) -> None:
+    if exc.kind == "idle":
+        log.info("client_idle_timeout", client_id=client_id)
+    elif exc.kind == "protocol":
+        code = exc.code.name if exc.code is not None else None
+        log.warning("client_protocol_error", client_id=client_id, code=code, detail=exc.reason)
+    else:
+        log.info("client_disconnected", client_id=client_id, how=exc.kind, reason=exc.reason)
 
 
 async def _handshake(state: ServerState, peer: Peer) -> ClientSession | None:
     timeout = state.settings.handshake_timeout_s
     try:
         hello = await asyncio.wait_for(peer.recv(), timeout)
-    except (PeerClosed, ProtocolError, TimeoutError, ConnectionError) as exc:
+    except (PeerClosed, TimeoutError) as exc:  # TimeoutError: no Hello within the deadline
         log.info("handshake_failed", address=peer.address, reason=repr(exc))
         await _close(peer, "handshake failed")
         return None
@@ -174,8 +175,11 @@ async def _recv_or_closed(session: ClientSession) -> object | None:
     if recv.done():
         return recv.result()
     recv.cancel()
-    with contextlib.suppress(BaseException):
-        await recv
+    # asyncio.wait never raises what recv raised, but a cancel of *this* task still propagates
+    # (awaiting recv under suppress(BaseException) swallowed it); then mark recv's outcome read.
+    await asyncio.wait({recv})
+    if not recv.cancelled():
+        recv.exception()
     return None
 
 

@@ -21,6 +21,7 @@ from fedllm_proto.frames import Flags, FrameType, pack_header
 from fedllm_proto.messages import (
     Ack,
     GlobalModel,
+    Heartbeat,
     Hello,
     Message,
     Reject,
@@ -216,7 +217,7 @@ def test_silent_peer_is_timed_out_while_a_heartbeating_client_stays() -> None:
     assert [e["reason"] for e in logs if e["event"] == "peer_idle_timeout"] == ["silent for 0.5s"]
 
 
-def test_client_recv_raises_timeout_when_the_server_goes_silent() -> None:
+def test_client_recv_raises_peer_closed_idle_when_the_server_goes_silent() -> None:
     async def main() -> None:
         async def on_peer(peer: Peer) -> None:
             await asyncio.sleep(SAFETY_S)  # never answers, never heartbeats
@@ -224,15 +225,18 @@ def test_client_recv_raises_timeout_when_the_server_goes_silent() -> None:
         server = await serve(on_peer, heartbeat_interval_s=None)
         peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1], idle_timeout_s=0.3)
         await peer.send(hello())
-        with pytest.raises(TimeoutError):
+        with pytest.raises(PeerClosed) as err:
             await peer.recv()
+        assert err.value.kind == "idle" and err.value.code is ErrorCode.IDLE_TIMEOUT
+        with pytest.raises(PeerClosed):  # a dead link is the same exception on send
+            await peer.send(Heartbeat())
         server.close()
 
     with capture_logs():
         runs(main)
 
 
-def test_protocol_violation_by_the_server_raises_protocol_error_at_the_client() -> None:
+def test_protocol_violation_by_the_server_ends_the_link_with_its_code_at_the_client() -> None:
     async def on_peer(peer: Peer) -> None:
         await peer.recv()
         peer.connection.state = peer.connection.state.OPEN  # skip Welcome: a buggy server
@@ -243,9 +247,12 @@ def test_protocol_violation_by_the_server_raises_protocol_error_at_the_client() 
         server = await serve(on_peer)
         peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1])
         await peer.send(hello())
-        with pytest.raises(ProtocolError) as err:
+        with pytest.raises(PeerClosed) as err:
             await peer.recv()
-        assert err.value.code is ErrorCode.UNEXPECTED_MESSAGE
+        assert err.value.kind == "protocol" and err.value.code is ErrorCode.UNEXPECTED_MESSAGE
+        assert isinstance(err.value.cause, ProtocolError)
+        with pytest.raises(PeerClosed):  # not LocalProtocolError: the link is dead, not us
+            await peer.send(update())
         server.close()
 
     with capture_logs():
