@@ -3,6 +3,8 @@ all with explicit `now` and no tensors."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from fedserver_testkit import accepted
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +12,8 @@ from hypothesis import strategies as st
 from fedllm_server.schedule import Aggregate, Drop, RoundConfig
 from fedllm_server.schedule.base import ScheduleContext
 from fedllm_server.schedule.gsfs import GsfsSchedule, quorum_size
-from fedllm_server.strategies import GsfsServerSettings
+from fedllm_server.strategies import GsfsServerSettings, aggregate
+from fedllm_server.strategies.gsfs import Gsfs
 
 ROUNDS = RoundConfig(1.0, 1, 1, 1.0)
 
@@ -65,7 +68,7 @@ def test_quorum_of_distinct_clients_aggregates() -> None:
 
 
 def test_aggregation_names_the_pooled_updates_with_their_frequencies() -> None:
-    pool = _pool()
+    pool = _pool(GsfsServerSettings(frequency_cap=0))  # the paper's uncapped f_i
     _add(pool, "a", 1, "a1")
     _add(pool, "b", 2, "b1")
     _add(pool, "a", 3, "a2")
@@ -140,9 +143,9 @@ def test_aggregation_empties_the_pool_and_reports_the_wait() -> None:
     assert (agg.reason, agg.waited_s, pool.entries) == ("timeout", 5.0, {})
 
 
-def _a_frequency(window: int | None) -> dict[str, int]:
+def _a_frequency(window: int | None, cap: int = 0) -> dict[str, int]:
     """Period 1: a×3, b×1. Period 2: a×1, c×1. Period 3 (open): a×1."""
-    s = GsfsServerSettings(frequency_window=window)
+    s = GsfsServerSettings(frequency_window=window, frequency_cap=cap)
     pool = _pool(s, n=100)
     for t, cid in enumerate("aaab"):
         _add(pool, cid, t)
@@ -166,6 +169,36 @@ def test_frequency_window_one_is_current_period_only() -> None:
     assert _a_frequency(1) == {"a": 1}
 
 
+def test_the_default_cap_counts_one_upload_per_period() -> None:
+    assert GsfsServerSettings().frequency_cap == 1
+
+
+def test_frequency_cap_bounds_each_closed_period_in_all_history() -> None:
+    assert _a_frequency(None, cap=2)["a"] == 4  # min(3, 2) + 1 + 1
+
+
+def test_frequency_cap_of_one_counts_the_periods_uploaded_in() -> None:
+    assert _a_frequency(None, cap=1) == {"a": 3, "b": 1, "c": 1}
+
+
+def test_frequency_cap_bounds_the_open_period() -> None:
+    pool = _pool(GsfsServerSettings(frequency_cap=2), n=100)
+    for t in range(20):
+        _add(pool, "a", t)
+    assert pool.frequencies() == {"a": 2}
+
+
+def test_frequency_cap_bounds_periods_inside_a_window() -> None:
+    assert _a_frequency(3, cap=2)["a"] == 4  # min(3, 2) + 1 + 1 over W = 3
+
+
+def test_frequency_cap_leaves_the_raw_counts_in_the_checkpoint() -> None:
+    pool = _pool(GsfsServerSettings(frequency_cap=1), n=100)
+    for t in range(3):
+        _add(pool, "a", t)
+    assert pool.snapshot(5.0)["pool"]["current"] == {"a": 3}
+
+
 def test_checkpoint_round_trip_rebases_times() -> None:
     s = GsfsServerSettings(max_wait_s=10, min_clients=2)
     pool = _pool(s, now=90.0, n=10)
@@ -177,7 +210,7 @@ def test_checkpoint_round_trip_rebases_times() -> None:
 
 
 def test_checkpoint_round_trip_keeps_frequencies_and_enrolment() -> None:
-    s = GsfsServerSettings()
+    s = GsfsServerSettings(frequency_cap=0)
     pool = _pool(s, n=3)
     _add(pool, "a", 1)
     _add(pool, "a", 2)
@@ -205,7 +238,7 @@ def test_replayed_updates_are_pooled_again_now() -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.lists(st.sampled_from("abcd"), min_size=1, max_size=8), min_size=1, max_size=5))
 def test_unwindowed_frequency_counts_every_upload(periods: list[list[str]]) -> None:
-    pool = _pool(n=0)
+    pool = _pool(GsfsServerSettings(frequency_cap=0), n=0)
     t = 0.0
     for uploads in periods:
         for cid in uploads:
@@ -215,3 +248,50 @@ def test_unwindowed_frequency_counts_every_upload(periods: list[list[str]]) -> N
         pool._take(t, "quorum")
     everything = [cid for uploads in periods for cid in uploads]
     assert freqs == {cid: everything.count(cid) for cid in set(everything)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcd"), min_size=1, max_size=8), min_size=1, max_size=5))
+def test_capped_frequency_counts_the_periods_a_client_uploaded_in(
+    periods: list[list[str]],
+) -> None:
+    pool = _pool(n=0)  # the default cap: one upload per period
+    t = 0.0
+    for uploads in periods:
+        for cid in uploads:
+            t += 1
+            _add(pool, cid, t)
+        freqs = pool.frequencies()
+        pool._take(t, "quorum")
+    expected = {cid: sum(cid in uploads for uploads in periods) for cid in "abcd"}
+    assert freqs == {cid: n for cid, n in expected.items() if n}
+
+
+def _flood_weight(cap: int) -> float:
+    """The attacker's α after 20 uploads, then one each from two honest clients (K = 3)."""
+    s = GsfsServerSettings(frequency_cap=cap)
+    pool = _pool(s, n=5)
+    updates = {}
+    for t in range(20):
+        updates[f"x{t}"] = accepted("attacker", f"x{t}")
+        pool.accepted(updates[f"x{t}"], float(t))
+    for cid in ("h1", "h2"):
+        updates[cid] = accepted(cid, cid)
+        pool.accepted(updates[cid], 30.0)
+    fold = _take(pool, 30.0).fold
+    freqs = {updates[uid].client_id: f for uid, f in fold.items()}
+    glob = {"w": np.zeros(1, np.float32)}
+    result = aggregate(Gsfs(s), glob, [updates[uid] for uid in fold], None, 1, freqs)
+    return result.metrics.weights["attacker"]
+
+
+def test_an_uncapped_flood_takes_twenty_of_twenty_two_parts() -> None:
+    assert _flood_weight(0) == pytest.approx(20 / 22)
+
+
+def test_a_cap_of_two_leaves_the_flood_two_of_four_parts() -> None:
+    assert _flood_weight(2) == pytest.approx(2 / 4)
+
+
+def test_the_default_cap_gives_the_flood_one_part_in_three() -> None:
+    assert _flood_weight(1) == pytest.approx(1 / 3)

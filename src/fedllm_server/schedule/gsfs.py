@@ -4,7 +4,8 @@ Rules: one entry per client (a newer upload replaces the older one, which is dro
 every accepted upload counts toward that client's frequency f_i. Aggregate at K = ceil(q·N)
 distinct clients ("quorum"), or once `max_wait_s` has passed with at least `min_clients`
 ("timeout"). f_i is counted over the current period plus the W−1 previous aggregation periods
-(all when W is None). Aggregating empties the pool and closes the period. Tensor-free: entries
+(all when W is None), each period's count capped at `frequency_cap` so a flood of uploads
+buys no weight. Aggregating empties the pool and closes the period. Tensor-free: entries
 are update ids; the engine holds the tensors. No clock, I/O or threads. `snapshot(now)` stores
 times as ages, so a checkpoint survives a restart with a different monotonic clock (downtime
 does not count toward the wait); the pooled updates themselves come back from the pool log.
@@ -102,12 +103,17 @@ class GsfsSchedule:
                 dropped += action.update_ids
         return [Drop(tuple(dropped))] if dropped else []
 
+    def _capped(self, period: Counter[str]) -> Counter[str]:
+        """One period's upload counts, each at most `frequency_cap` (0: uncapped)."""
+        cap = self.settings.frequency_cap
+        return period if cap == 0 else Counter({c: min(n, cap) for c, n in period.items()})
+
     def frequencies(self) -> dict[str, int]:
-        """f_i over the window for every client with an upload in it."""
-        counts = Counter(self._current)
+        """f_i over the window (each period capped) for every client with an upload in it."""
+        counts = Counter(self._capped(self._current))  # a copy: never update the period
         for period in self._history:
-            counts.update(period)
-        counts.update(self._total)
+            counts.update(self._capped(period))
+        counts.update(self._total)  # capped as each period closed
         return dict(counts)
 
     # --- the aggregation trigger ----------------------------------------------------------
@@ -157,7 +163,7 @@ class GsfsSchedule:
     def _close_period(self, now: float) -> None:
         window = self.settings.frequency_window
         if window is None:
-            self._total.update(self._current)
+            self._total.update(self._capped(self._current))
         elif window > 1:
             self._history = [*self._history, self._current][-(window - 1) :]
         self._current = Counter()

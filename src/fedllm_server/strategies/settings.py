@@ -63,6 +63,11 @@ class GsfsServerSettings(StrategySettingsBase):
     server_lr: float = Field(default=1.0, gt=0, description="η_s")
     # f_i counts uploads over the current period plus the W−1 previous aggregation periods.
     frequency_window: int | None = Field(default=None, ge=1, description="W; None = all history")
+    # Uploads of one client counted toward f_i per aggregation period (issue 10, attack 9: 20
+    # uploads before quorum gave one client α = 0.87). 1 = f_i is the number of periods in the
+    # window the client uploaded in, so nobody outweighs a client present in every period;
+    # 0 = every upload counts (the paper's rule, open to flooding).
+    frequency_cap: int = Field(default=1, ge=0, description="uploads counted per period; 0 = all")
     sample_weighting: bool = False  # multiply α_i by n_i
     # (1+s)^(−a) with s = v − base_version; a = 0 is the paper's rule (no discount).
     staleness_exponent: float = Field(default=0.0, ge=0, description="a; 0 = off")
