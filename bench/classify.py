@@ -1,7 +1,7 @@
 """Live classification throughput and latency of ``fedllm client classify`` (the default model).
 
 The default (embedded) all-MiniLM-L6-v2 with its LoRA adapter, trained for a few steps on the
-shipped IoT-23 flows by the client's own runtime and persisted as a client state directory,
+shipped IoT-23 flows by the client's own learner and persisted as a client state directory,
 is what ``classify`` loads. The input is a real Zeek conn.log written from a seeded sample of
 the shipped flows (every capture, in time order: a gateway watching many devices). Each
 scenario is the real pipeline in-process (``ClassifyRun``: read line, parse, prompt text,
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fedllm_client.inference import ClassifyRun, StopSignal
-from fedllm_client.runtime import ClientRuntime
+from fedllm_client.learner import Learner
 from fedllm_client.settings import ClientSettings
 from fedllm_core.data import FlowTable, load_flows
 from fedllm_core.data.table import NUMERIC_FIELDS, ZEEK_FIELDS
@@ -60,10 +60,10 @@ def client_state(root: Path) -> ClientSettings:
             "final_eval": {"enabled": False},
         }
     )
-    runtime = ClientRuntime.open(settings)
-    runtime.apply_global(0, runtime.model.state(), gsfs=False)
-    runtime.train_chunk(TRAIN_STEPS)
-    runtime.persist()
+    learner = Learner.open(settings)
+    learner.apply_global(0, learner.model.state(), gsfs=False)
+    learner.train_chunk(TRAIN_STEPS)
+    learner.persist()
     return settings
 
 

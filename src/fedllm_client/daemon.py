@@ -1,11 +1,11 @@
-"""The client daemon: build the model, connect with backoff, run sessions, shut down cleanly.
+"""The client daemon: build the model, connect with backoff, run server links, shut down cleanly.
 
 Rules: start-up problems (settings, certificates, data) raise ``FedllmError`` with their exit
 code before anything connects. READY=1 is sent once the model is built and the local state
 restored (not after the first handshake: an edge host must come up while the server is away,
 and systemd's start timeout must not turn a server outage into a restart loop). WATCHDOG=1 is
 pinged from the event loop, so a stalled loop is what the watchdog catches. SIGTERM/SIGINT set
-the stop event: the session persists, says Bye, and the daemon runs final_eval and exits 0. A
+the stop event: the server link persists, says Bye, and the daemon runs final_eval and exits 0. A
 lost connection is retried with exponential backoff + jitter. The server's Bye code decides
 the rest: ``finished`` ends the daemon (exit 0, with ``on_server_bye = "exit"``), ``revoked``
 / ``refused`` end it with exit 78 (as does a TLS refusal of our certificate; a server
@@ -22,11 +22,11 @@ import ssl
 import structlog
 
 from fedllm_client.backoff import Backoff
+from fedllm_client.learner import Learner
 from fedllm_client.refusal import Refused, ServerCertificateRejected, bye_refusal, tls_refusal
-from fedllm_client.runtime import ClientRuntime
-from fedllm_client.session import Session
+from fedllm_client.server_link import ServerLink
 from fedllm_client.settings import ClientSettings
-from fedllm_client.trainer import WorkerThread
+from fedllm_client.worker_thread import WorkerThread
 from fedllm_core import systemd
 from fedllm_core.errors import ExitCode, FedllmError
 from fedllm_proto.messages import Bye, ByeCode
@@ -63,14 +63,14 @@ class ClientDaemon:
         self.stop = asyncio.Event()
         self.worker = WorkerThread()
         self.backoff = Backoff(settings.backoff)
-        self.runtime: ClientRuntime | None = None
+        self.learner: Learner | None = None
 
     async def run(self) -> int:
         ctx = tls_context(self.settings)  # bad certificates fail here (exit 77)
         self._install_signals()
         watchdog = asyncio.create_task(_watchdog())
         try:
-            self.runtime = await self.worker.run(ClientRuntime.open, self.settings)
+            self.learner = await self.worker.run(Learner.open, self.settings)
             systemd.notify("READY=1\nSTATUS=connecting")
             log.info("client_started", state_dir=str(self.settings.state_dir))
             try:
@@ -96,9 +96,9 @@ class ClientDaemon:
         self.stop.set()
 
     async def _serve(self, ctx: ssl.SSLContext | None) -> str:
-        """Sessions until the server says the federation is finished, or we are told to stop."""
+        """Server links until the server says the federation is finished, or we are told to stop."""
         while not self.stop.is_set():
-            reason, bye = await self._one_session(ctx)
+            reason, bye = await self._one_link(ctx)
             if reason == "stopped" or (bye is not None and self._ends_with(bye)):
                 return reason
             if self.backoff.exhausted():
@@ -113,9 +113,9 @@ class ClientDaemon:
             raise refusal
         return bye.code is ByeCode.FINISHED and self.settings.on_server_bye == "exit"
 
-    async def _one_session(self, ctx: ssl.SSLContext | None) -> tuple[str, Bye | None]:
+    async def _one_link(self, ctx: ssl.SSLContext | None) -> tuple[str, Bye | None]:
         """One connection: how it ended, and the server's Bye if it said one."""
-        assert self.runtime is not None
+        assert self.learner is not None
         server = self.settings.server
         log.info(
             "connecting", host=server.host, port=server.port, attempt=self.backoff.failures + 1
@@ -131,20 +131,20 @@ class ClientDaemon:
             _raise_if_refused(exc)
             log.warning("connect_failed", error=_describe(exc))
             return "lost", None
-        session = Session(peer, self.runtime, self.worker, self.stop)
+        link = ServerLink(peer, self.learner, self.worker, self.stop)
         try:
-            reason = await session.run()
+            reason = await link.run()
         except CONNECTION_ERRORS as exc:
             _raise_if_refused(exc)
             log.warning("session_lost", error=_describe(exc))
             reason = "lost"
         finally:
-            if session.welcome is not None:
+            if link.welcome is not None:
                 self.backoff.reset()  # it was up: start the delays from the beginning
             await _close_quietly(peer)
-        status = f"bye ({session.bye.code.value})" if session.bye is not None else reason
+        status = f"bye ({link.bye.code.value})" if link.bye is not None else reason
         systemd.notify(f"STATUS={status}")
-        return reason, session.bye
+        return reason, link.bye
 
     async def _sleep(self, delay: float) -> None:
         log.info("reconnect_wait", delay_s=round(delay, 3))
@@ -155,17 +155,17 @@ class ClientDaemon:
         """One clear event (and the state saved, a ``stop`` record) before exiting 77/78."""
         log.error("client_refused", why=exc.why, detail=str(exc), exit_code=int(exc.exit_code))
         systemd.notify(f"STATUS=refused: {exc.why}")
-        rt = self.runtime
-        assert rt is not None
-        await self.worker.run(rt.persist)
-        rt.close("refused")
+        learner = self.learner
+        assert learner is not None
+        await self.worker.run(learner.persist)
+        learner.close("refused")
 
     async def _finish(self, reason: str) -> None:
-        rt = self.runtime
-        assert rt is not None
-        await self.worker.run(rt.persist)
-        await self.worker.run(rt.final_eval)
-        rt.close(reason)
+        learner = self.learner
+        assert learner is not None
+        await self.worker.run(learner.persist)
+        await self.worker.run(learner.final_eval)
+        learner.close(reason)
         log.info("client_stopped", reason=reason)
 
 

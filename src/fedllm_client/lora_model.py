@@ -4,7 +4,7 @@ Rules: everything comes from fedllm_core (data partition, prompt template, model
 client and server derive the same label set, template and fingerprint from the same settings.
 Tokenised splits are cached under ``<state_dir>/cache`` (a restarted client does not tokenise
 again). The test split for ``final_eval`` is loaded only when asked for. Runs on the worker
-thread only (see trainer.py).
+thread only (see worker_thread.py); a ``LocalModel`` (local_model.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedllm_client.trainer import StepResult, TensorDict
+from fedllm_client.local_model import StepResult, TensorDict
 from fedllm_core.data import load_client_data, load_eval_data
 from fedllm_core.model import (
     ModelBundle,

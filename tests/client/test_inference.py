@@ -18,7 +18,7 @@ import tomli_w
 
 from fedllm_client import cli
 from fedllm_client.inference import run_classify, zeek_lines
-from fedllm_client.runtime import ClientRuntime
+from fedllm_client.learner import Learner
 from fedllm_client.settings import ClientSettings
 
 from .conftest import tiny_settings
@@ -41,10 +41,10 @@ MALFORMED = "1545404132.353979\tonly\tthree fields\n"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> ClientSettings:
     settings = tiny_settings(tmp_path_factory.mktemp("classify") / "state")
-    rt = ClientRuntime.open(settings)
-    rt.apply_global(0, rt.model.state(), gsfs=False)
-    rt.train_chunk(5)
-    rt.persist()
+    learner = Learner.open(settings)
+    learner.apply_global(0, learner.model.state(), gsfs=False)
+    learner.train_chunk(5)
+    learner.persist()
     return settings
 
 

@@ -1,11 +1,11 @@
-"""The client's learning state machine, independent of the network: what happens to the local
-model and its persisted state when a global model arrives, when steps run, when a trigger
-fires, when an update is sent.
+"""``Learner``: the client's learning state machine, independent of the network: what happens to
+the local model and its persisted state when a global model arrives, when steps run, when a
+trigger fires, when an update is sent.
 
-Rules: every method runs on the trainer's worker thread (``WorkerThread``), one at a time, so
-model and ``ClientState`` are only ever touched by that thread; counters are updated inside the
-same call that ran the steps, so a session cancelled mid-chunk never loses count. The session
-(session.py) decides *when*; this module decides *what*. A GSFS trigger decision's new state is
+Rules: every method runs on the worker thread (worker_thread.py), one at a time, so model and
+``ClientState`` are only ever touched by that thread; counters are updated inside the same call
+that ran the steps, so a link cancelled mid-chunk never loses count. The server link
+(server_link.py) decides *when*; this module decides *what*. A GSFS trigger decision's new state is
 committed only after the upload was sent (trigger.py's contract).
 """
 
@@ -19,11 +19,14 @@ import numpy as np
 import structlog
 
 from fedllm_client import trigger as policy
+from fedllm_client.local_model import LocalModel, StepResult, TensorDict
 from fedllm_client.metrics_log import MetricsLog
 from fedllm_client.settings import ClientSettings
 from fedllm_client.state import ClientState, StateError, StateStore
-from fedllm_client.trainer import LocalModel, StepResult, TensorDict, build_local_model
+from fedllm_client.synthetic_model import SyntheticModel
+from fedllm_core.data import load_client_data
 from fedllm_core.energy import EnergyMeter
+from fedllm_core.model import model_fingerprint
 from fedllm_proto.codec import Encoding
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, TriggerReason, Update
 
@@ -42,7 +45,7 @@ class PendingUpload:
     final: bool = False  # the one upload after the budget is spent
 
 
-class ClientRuntime:
+class Learner:
     def __init__(
         self, settings: ClientSettings, model: LocalModel, store: StateStore, state: ClientState
     ) -> None:
@@ -62,7 +65,7 @@ class ClientRuntime:
         self._last_validation: dict[str, float] = {}
 
     @classmethod
-    def open(cls, settings: ClientSettings) -> ClientRuntime:
+    def open(cls, settings: ClientSettings) -> Learner:
         """Build the model and restore the persisted state (slow: call on the worker)."""
         model = build_local_model(settings)
         store = StateStore(settings.state_dir)
@@ -76,9 +79,9 @@ class ClientRuntime:
             log.warning("state_unusable", error="saved for another model fingerprint")
             state = None
         state = state or ClientState(fingerprint=model.fingerprint)
-        runtime = cls(settings, model, store, state)
-        runtime._restore()
-        return runtime
+        learner = cls(settings, model, store, state)
+        learner._restore()
+        return learner
 
     def _restore(self) -> None:
         s = self.state
@@ -346,6 +349,17 @@ class ClientRuntime:
             energy=self.energy.read().to_dict(),
         )
         self.metrics.close()
+
+
+def build_local_model(settings: ClientSettings) -> LocalModel:
+    """The configured model (slow for LoRA: loads data and weights; call on the worker)."""
+    if settings.trainer == "synthetic":
+        data = load_client_data(settings.data)  # labels, template, n_i: no model is built
+        fingerprint = model_fingerprint(settings.model, data.label_names, data.template)
+        return SyntheticModel(settings.synthetic, fingerprint, data.sample_count)
+    from fedllm_client.lora_model import LoraModel  # data + weights only when really training
+
+    return LoraModel.build(settings)
 
 
 _REASONS = {

@@ -12,7 +12,7 @@ import pytest
 from fedllm_client.daemon import ClientDaemon
 from fedllm_client.metrics_log import read_metrics
 from fedllm_client.refusal import Refused
-from fedllm_client.session import HandshakeRefused
+from fedllm_client.server_link import HandshakeRefused
 from fedllm_client.settings import ClientSettings
 from fedllm_core.model import build_model, trainable_state
 from fedllm_proto.errors import ErrorCode

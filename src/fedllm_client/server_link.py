@@ -1,9 +1,10 @@
-"""One connection to the server: handshake, then the strategy's loop until Bye, stop or loss.
+"""``ServerLink``: one connection to the server: handshake, then the strategy's loop until Bye,
+stop or loss (the server's side of the same connection is its ``ClientSession``).
 
-Rules: a reader task owns ``peer.recv()`` for the whole session (the transport answers
+Rules: a reader task owns ``peer.recv()`` for the whole link (the transport answers
 heartbeats inside it, so it never waits on training); it parks the newest GlobalModel in
 ``pending`` and queues TrainRequests. The work loop runs model work on the worker thread in
-chunks and swaps a pending global model in between chunks. The session returns how it ended
+chunks and swaps a pending global model in between chunks. The link returns how it ended
 (``"bye"``, with the server's Bye kept in ``bye``, or ``"stopped"``); a lost connection raises
 (PeerClosed, ProtocolError, OSError) and the daemon reconnects. A refusal is fatal (``Refused``,
 refusal.py): retrying cannot fix a fingerprint or a revoked certificate.
@@ -17,9 +18,9 @@ from typing import Any
 
 import structlog
 
+from fedllm_client.learner import Learner, PendingUpload
 from fedllm_client.refusal import HandshakeRefused, Refused, tls_refusal
-from fedllm_client.runtime import ClientRuntime, PendingUpload
-from fedllm_client.trainer import WorkerThread
+from fedllm_client.worker_thread import WorkerThread
 from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import (
     Ack,
@@ -43,7 +44,7 @@ SEND_GRACE_S = 30.0  # how long a stop waits for an upload in flight to finish
 FATAL_ERRORS = (ErrorCode.UNSUPPORTED_VERSION, ErrorCode.UNAUTHORIZED)
 
 
-__all__ = ["HandshakeRefused", "ServerBye", "Session"]
+__all__ = ["HandshakeRefused", "ServerBye", "ServerLink"]
 
 
 class ServerBye(Exception):
@@ -54,11 +55,11 @@ class ServerBye(Exception):
         self.bye = bye
 
 
-class Session:
+class ServerLink:
     def __init__(
-        self, peer: Peer, runtime: ClientRuntime, worker: WorkerThread, stop: asyncio.Event
+        self, peer: Peer, learner: Learner, worker: WorkerThread, stop: asyncio.Event
     ) -> None:
-        self.peer, self.rt, self.worker, self.stop = peer, runtime, worker, stop
+        self.peer, self.learner, self.worker, self.stop = peer, learner, worker, stop
         self.pending: GlobalModel | None = None
         self.global_arrived = asyncio.Event()
         self.requests: asyncio.Queue[TrainRequest] = asyncio.Queue()
@@ -66,7 +67,7 @@ class Session:
         self._bytes_mark = 0
         self._send_lock = asyncio.Lock()
         self._unapplied: list[int] = []  # versions received since a global was last taken
-        self.bye: Bye | None = None  # the server's Bye, when that is how the session ended
+        self.bye: Bye | None = None  # the server's Bye, when that is how the link ended
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> str:
@@ -107,7 +108,7 @@ class Session:
         raise PeerClosed("session ended")  # pragma: no cover - loops only end by raising
 
     async def _cancel(self, tasks: set[asyncio.Task[Any]]) -> None:
-        """Cancel the session's tasks, but never between an upload's send and its accounting."""
+        """Cancel the link's tasks, but never between an upload's send and its accounting."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SEND_GRACE_S):
                 await self._send_lock.acquire()
@@ -116,7 +117,7 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handshake(self) -> Welcome:
-        await self.peer.send(self.rt.hello())
+        await self.peer.send(self.learner.hello())
         try:
             reply = await self.peer.recv()
         except PeerClosed as exc:
@@ -133,10 +134,10 @@ class Session:
                 f"server runs strategy {reply.strategy!r}, unknown to this client"
             )
         structlog.contextvars.bind_contextvars(
-            client_id=reply.client_id, model_version=self.rt.state.base_version
+            client_id=reply.client_id, model_version=self.learner.state.base_version
         )
-        self.rt.metrics.client = self.rt.metrics.client or reply.client_id
-        self.rt.metrics.write(
+        self.learner.metrics.client = self.learner.metrics.client or reply.client_id
+        self.learner.metrics.write(
             "connected",
             client_id=reply.client_id,
             strategy=reply.strategy,
@@ -149,7 +150,7 @@ class Session:
         return reply
 
     async def _leave(self, reason: str, code: ByeCode) -> None:
-        await self.worker.run(self.rt.persist)
+        await self.worker.run(self.learner.persist)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.peer.close(reason, code), timeout=5.0)
 
@@ -183,21 +184,23 @@ class Session:
     def _count_down(self) -> None:
         # the one counter the loop thread bumps (a plain int add; persisted by the worker)
         received = self.peer.bytes_received
-        self.rt.state.bytes_down += received - self._bytes_mark
+        self.learner.state.bytes_down += received - self._bytes_mark
         self._bytes_mark = received
 
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, GlobalModel):
-            self.rt.metrics.write("broadcast_received", version=msg.version)
+            self.learner.metrics.write("broadcast_received", version=msg.version)
             self._unapplied.append(msg.version)
             self.pending = msg
             self.global_arrived.set()
         elif isinstance(msg, TrainRequest):
             self.requests.put_nowait(msg)
         elif isinstance(msg, Ack):
-            self.rt.metrics.write("ack", update_id=msg.update_id, global_version=msg.global_version)
+            self.learner.metrics.write(
+                "ack", update_id=msg.update_id, global_version=msg.global_version
+            )
         elif isinstance(msg, Reject):
-            self.rt.metrics.write(
+            self.learner.metrics.write(
                 "reject", update_id=msg.update_id, code=msg.code.value, detail=msg.detail
             )
             log.warning(
@@ -218,11 +221,11 @@ class Session:
         # latest wins: versions that arrived during the same chunk are skipped, and said so
         for version in self._unapplied:
             if version != msg.version:
-                self.rt.metrics.write("broadcast_superseded", version=version, by=msg.version)
+                self.learner.metrics.write("broadcast_superseded", version=version, by=msg.version)
         self._unapplied.clear()
-        await self.worker.run(self.rt.apply_global, msg.version, msg.tensors, gsfs)
+        await self.worker.run(self.learner.apply_global, msg.version, msg.tensors, gsfs)
         # bound here, on the loop's context: worker calls run in copies of it
-        structlog.contextvars.bind_contextvars(model_version=self.rt.state.base_version)
+        structlog.contextvars.bind_contextvars(model_version=self.learner.state.base_version)
         if self.pending is msg:  # a newer one may have arrived meanwhile
             self.pending = None
 
@@ -239,10 +242,10 @@ class Session:
                 bytes=nbytes,
                 base_version=pending.update.base_version,
             )
-            await self.worker.run(self.rt.uploaded, pending, nbytes)
+            await self.worker.run(self.learner.uploaded, pending, nbytes)
 
     async def _send(self, update: Update) -> None:
-        # a dead link raises PeerClosed (the session ends, the daemon reconnects); a
+        # a dead link raises PeerClosed (the link ends, the daemon reconnects); a
         # LocalProtocolError here would be our own bug and ends the daemon
         await self.peer.send(update)
 
@@ -251,26 +254,26 @@ class Session:
         """FedAvg / FedOpt: answer each TrainRequest with Δ after ``local_steps`` steps."""
         while True:
             request = await self.requests.get()
-            if self.pending is None and self.rt.state.base is None:
+            if self.pending is None and self.learner.state.base is None:
                 await self.global_arrived.wait()  # a round needs the model it is based on
             await self._apply_pending(gsfs=False)
-            await self.worker.run(self.rt.reset_to_base)
-            left = min(request.local_steps, self.rt.budget_left)
+            await self.worker.run(self.learner.reset_to_base)
+            left = min(request.local_steps, self.learner.budget_left)
             if left < request.local_steps:
                 log.warning("budget_short", requested=request.local_steps, granted=left)
             while left > 0:
                 done = await self.worker.run(
-                    self.rt.train_chunk, min(left, self.rt.settings.steps_per_chunk)
+                    self.learner.train_chunk, min(left, self.learner.settings.steps_per_chunk)
                 )
                 left = left - len(done) if done else 0
-            if self.rt.state.base_version != request.base_version:
+            if self.learner.state.base_version != request.base_version:
                 log.warning(
                     "round_base_mismatch",
-                    ours=self.rt.state.base_version,
+                    ours=self.learner.state.base_version,
                     theirs=request.base_version,
                 )
             pending = await self.worker.run(
-                self.rt.build_update, TriggerReason.ROUND, request.round, None, None
+                self.learner.build_update, TriggerReason.ROUND, request.round, None, None
             )
             await self._send_update(pending)
 
@@ -279,24 +282,24 @@ class Session:
         await self._first_global()
         while True:
             await self._apply_pending(gsfs=True)
-            if self.rt.budget_left == 0:
-                final = await self.worker.run(self.rt.final_upload)
+            if self.learner.budget_left == 0:
+                final = await self.worker.run(self.learner.final_upload)
                 if final is not None:
                     await self._send_update(final)
                 await self.global_arrived.wait()  # idle: only broadcasts left to apply
                 continue
-            pending = await self.worker.run(self.rt.gsfs_chunk)
+            pending = await self.worker.run(self.learner.gsfs_chunk)
             if pending is not None:
                 await self._send_update(pending)
-            elif self.rt.persist_due():
-                await self.worker.run(self.rt.persist)
+            elif self.learner.persist_due():
+                await self.worker.run(self.learner.persist)
 
     async def _first_global(self) -> None:
         """Training needs a model: wait for the first GlobalModel unless we resume one."""
         assert self.welcome is not None
         if (
-            self.rt.state.base is not None
-            and self.welcome.global_version == self.rt.state.base_version
+            self.learner.state.base is not None
+            and self.welcome.global_version == self.learner.state.base_version
         ):
             return
         await self.global_arrived.wait()
