@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from fedllm_client import trigger as policy
-from fedllm_client.local_model import LocalModel, StepResult, TensorDict
+from fedllm_client.local_model import LocalModel, StepResult
 from fedllm_client.metrics_log import MetricsLog
 from fedllm_client.settings import ClientSettings
 from fedllm_client.state import ClientState, StateError, StateStore
@@ -27,7 +27,7 @@ from fedllm_client.synthetic_model import SyntheticModel
 from fedllm_core.data import load_client_data
 from fedllm_core.energy import EnergyMeter
 from fedllm_core.model import model_fingerprint
-from fedllm_proto.codec import Encoding
+from fedllm_proto.codec import Encoding, TensorDict
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, TriggerReason, Update
 
 log = structlog.get_logger("fedllm.client")

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
-TensorDict = dict[str, np.ndarray]
+from fedllm_proto.codec import TensorDict
 
 
 @dataclass(frozen=True)

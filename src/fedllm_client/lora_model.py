@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedllm_client.local_model import StepResult, TensorDict
+from fedllm_client.local_model import StepResult
 from fedllm_core.data import load_client_data, load_eval_data
 from fedllm_core.model import (
     ModelBundle,
@@ -24,6 +24,7 @@ from fedllm_core.model import (
     trainable_state,
 )
 from fedllm_core.training import EncodedSplit, LocalTrainer, encode_split
+from fedllm_proto.codec import TensorDict
 
 if TYPE_CHECKING:
     from fedllm_client.settings import ClientSettings

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from safetensors.numpy import load as st_load
 
 from fedllm_core.errors import FedllmError
 from fedllm_core.files import atomic_write
 from fedllm_core.tensorfile import write_safetensors
+from fedllm_proto.codec import TensorDict
 
-TensorDict = dict[str, np.ndarray]
 MANIFEST = "state.json"
 FORMAT = 1
 BLOBS = ("local", "base", "trained", "optimizer")

@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
-from fedllm_client.local_model import StepResult, TensorDict
+from fedllm_client.local_model import StepResult
 from fedllm_client.settings import SyntheticSettings
+from fedllm_proto.codec import TensorDict
 
 
 class SyntheticModel:

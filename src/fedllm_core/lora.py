@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from fedllm_core.errors import ModelError
-
-TensorDict = dict[str, np.ndarray]
+from fedllm_proto.codec import TensorDict
 
 # model_type -> modules LoRA wraps by default. Query/value projections only (LoRA paper's
 # choice): the cheapest set that still adapts attention; more can be named in settings.

@@ -1,8 +1,10 @@
-"""The server's one tensor type and the norm every layer agrees on.
+"""The server's tensor types and the norm every layer agrees on.
 
 Rules: the federated state θ and every delta Δ are `TensorDict`s, name -> C-contiguous float32
-array (docs/architecture.md). `l2_norm` is the door's ‖Δ‖₂: the pool log, the strategies and
-the metrics all use the value it gives, so a client's norm reads the same everywhere.
+array (docs/architecture.md); `TensorDict` is the wire's one definition (fedllm_proto.codec),
+re-exported here so server modules name one server-side tensor module. `l2_norm` is the door's
+‖Δ‖₂: the pool log, the strategies and the metrics all use the value it gives, so a client's
+norm reads the same everywhere.
 No I/O, clock or threads.
 """
 
@@ -15,8 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.float32]
-TensorDict = dict[str, Array]
+from fedllm_proto.codec import TensorDict
+
+__all__ = ["Array", "TensorDict", "l2_norm", "nbytes"]
+
+Array = npt.NDArray[np.float32]  # one float32 tensor of θ or Δ
 
 
 def l2_norm(tensors: Mapping[str, npt.NDArray[Any]]) -> float:

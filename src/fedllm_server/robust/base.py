@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-Array = npt.NDArray[np.float32]
-TensorDict = dict[str, Array]
+from fedllm_server.tensors import Array, TensorDict
+
 F64 = npt.NDArray[np.float64]
 
 # Entries of one (clients, block) float64 stack: 8 MiB; the sort and a kernel need ~6 more.
