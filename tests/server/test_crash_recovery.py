@@ -78,6 +78,7 @@ def test_gsfs_kill9_resumes_same_version_and_pool(tmp_path: Path, pki: Any) -> N
         "federation_size_source": "explicit",
         "federation_size": 3,
         "max_wait_s": 600.0,
+        "frequency_cap": 0,  # every upload counts, so the counts a restart keeps show in α
     }
     config = _config(tmp_path, pki, strategy, stop_after_versions=2)
     server = ServerProcess(config)

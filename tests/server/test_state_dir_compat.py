@@ -54,8 +54,8 @@ def _restore(tmp_path: Path, name: str, strategy: Strategy) -> tuple[Engine, Any
 
 
 def _gsfs() -> Gsfs:
-    s = GsfsServerSettings(
-        quorum_fraction=1.0, federation_size_source="explicit", federation_size=3
+    s = GsfsServerSettings(  # frequency_cap 0: the stored raw counts read back as they are
+        quorum_fraction=1.0, federation_size_source="explicit", federation_size=3, frequency_cap=0
     )
     return Gsfs(s)
 
