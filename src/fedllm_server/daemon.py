@@ -78,7 +78,7 @@ class Tls:
 def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
     state_dir = settings.state_dir  # created (0700) and locked by the caller
     store = CheckpointStore(state_dir / "checkpoints")
-    strategy = make_strategy(settings.strategy)
+    strategy = make_strategy(settings.strategy, settings.robust)
     pool_log = PoolLog(state_dir / "pool.log")
     engine = Engine(
         strategy,

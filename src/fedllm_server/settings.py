@@ -18,7 +18,7 @@ from fedllm_core.model import ModelSettings
 from fedllm_core.settings import FrozenSettings
 from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.strategies.registry import StrategySettings
-from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
+from fedllm_server.strategies.settings import FedAvgSettings, RobustSettings, ValidationSettings
 from fedllm_server.validation import NormBoundSettings
 
 ENV_PREFIX = "FEDLLM_SERVER"
@@ -81,6 +81,8 @@ class ServerSettings(FrozenSettings):
     checkpoint_retry: RetrySettings = Field(default_factory=RetrySettings)
     seed: int = 0  # initial global model and client selection
     strategy: StrategySettings = Field(default_factory=FedAvgSettings)
+    # The rule every strategy aggregates deltas with (docs/robust.md); "none" by default.
+    robust: RobustSettings = Field(default_factory=RobustSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     # The door's ‖Δ‖₂ bound from the accepted norms (on by default; docs/server.md).
     norm_bound: NormBoundSettings = Field(default_factory=NormBoundSettings)

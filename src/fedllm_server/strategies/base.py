@@ -62,6 +62,8 @@ class AggregationMetrics:
     tensor_clients: dict[str, int]  # how many clients sent each tensor (partial updates)
     excluded: dict[str, str] = field(default_factory=dict)  # client -> why left out
     extra: dict[str, float] = field(default_factory=dict)  # strategy-specific scalars
+    # The robust rule's record (rule, selected, rejected, per-client scores); {} for "none".
+    robust: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class AggregationMetrics:
             "tensor_clients": dict(self.tensor_clients),
             "excluded": dict(self.excluded),
             "extra": dict(self.extra),
+            "robust": dict(self.robust),
         }
 
     @classmethod
@@ -84,6 +87,7 @@ class AggregationMetrics:
         acc: WeightedSum,
         step_norm: float,
         extra: dict[str, float] | None = None,
+        robust: dict[str, Any] | None = None,
     ) -> AggregationMetrics:
         """The record of the aggregation folded in `acc` (before `acc` is reset)."""
         return cls(
@@ -96,6 +100,7 @@ class AggregationMetrics:
             tensor_clients=acc.tensor_clients,
             excluded=dict(acc.excluded),
             extra=extra or {},
+            robust=robust or {},
         )
 
 

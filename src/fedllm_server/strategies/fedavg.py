@@ -1,5 +1,7 @@
 """FedAvg (McMahan et al. 2017) over deltas: θ^{v+1} = θ^v + Σ_i (n_i/Σ_j n_j)·Δ_i.
 
+(or θ^v + the `[robust]` rule's aggregate of the Δ_i, through `combine.Combiner`.)
+
 Rules: equal to Σ_i (n_i/Σn)·θ_i because every Δ_i is based on θ^v (synchronous rounds, so
 `max_lag` is 0 and every tensor is required). No strategy state (`None` in and out). The weight
 is known on arrival, so `SyncRounds` folds each update as it is accepted.
@@ -22,7 +24,8 @@ from fedllm_server.strategies.base import (
     Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import FedAvgSettings, ValidationSettings
+from fedllm_server.strategies.combine import Combiner
+from fedllm_server.strategies.settings import FedAvgSettings, RobustSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 
@@ -33,8 +36,9 @@ class FedAvg:
     name = "fedavg"
     partial_updates = False
 
-    def __init__(self, settings: FedAvgSettings) -> None:
+    def __init__(self, settings: FedAvgSettings, robust: RobustSettings | None = None) -> None:
         self.settings = settings
+        self.combine = Combiner(robust)
 
     def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
         return SyncRounds.restore(ctx)
@@ -47,7 +51,7 @@ class FedAvg:
         return float(update.sample_count) if self.settings.sample_weighting else 1.0
 
     def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
-        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+        self.combine.fold(acc, update, self.weight(update, at))
 
     def finish(
         self, global_tensors: Mapping[str, Array], acc: WeightedSum, state: None, new_version: int
@@ -55,8 +59,11 @@ class FedAvg:
         """Apply the averaged delta held in `acc` (consumed) to θ^v."""
         if len(acc) == 0:
             raise EmptyAggregationError("fedavg: no updates to aggregate")
-        new_global, step_norm = apply_step(global_tensors, acc.take_mean())
-        metrics = AggregationMetrics.of("fedavg", new_version, acc, step_norm)
+        combined = self.combine.mean(acc)
+        new_global, step_norm = apply_step(global_tensors, combined.delta)
+        metrics = AggregationMetrics.of(
+            "fedavg", new_version, acc, step_norm, None, combined.record
+        )
         return StrategyResult(new_global, None, metrics)
 
     def initial_state(self) -> None:

@@ -1,10 +1,11 @@
 """FedOpt (Reddi et al. 2021): FedAdam, FedYogi, FedAdagrad over the averaged pseudo-gradient.
 
-Rules (gsfs.md): Δ = Σ_i (n_i/n)·Δ_i; m ← β1·m + (1−β1)·Δ; u by the variant's rule;
-θ^{v+1} = θ^v + η_s·m/(√u + τ). The variants differ only in `_next_u`. State (m, u, step) goes
-in and comes out explicitly; the input state's arrays are never written, so the caller may
-checkpoint it while the next aggregation runs. A tensor no update carried is left untouched,
-with its m and u. Synchronous rounds like FedAvg (folded on arrival, every tensor required).
+Rules (gsfs.md): Δ = Σ_i (n_i/n)·Δ_i (or the `[robust]` rule's aggregate of the Δ_i);
+m ← β1·m + (1−β1)·Δ; u by the variant's rule; θ^{v+1} = θ^v + η_s·m/(√u + τ). The variants
+differ only in `_next_u`. State (m, u, step) goes in and comes out explicitly; the input
+state's arrays are never written, so the caller may checkpoint it while the next aggregation
+runs. A tensor no update carried is left untouched, with its m and u. Synchronous rounds like
+FedAvg (folded on arrival, every tensor required).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from fedllm_server.strategies.base import (
     Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import FedOptSettings, ValidationSettings
+from fedllm_server.strategies.combine import Combiner
+from fedllm_server.strategies.settings import FedOptSettings, RobustSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 
@@ -94,8 +96,9 @@ class FedOpt:
     name = "fedopt"
     partial_updates = False
 
-    def __init__(self, settings: FedOptSettings) -> None:
+    def __init__(self, settings: FedOptSettings, robust: RobustSettings | None = None) -> None:
         self.settings = settings
+        self.combine = Combiner(robust)
 
     def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
         return SyncRounds.restore(ctx)
@@ -108,7 +111,7 @@ class FedOpt:
         return float(update.sample_count) if self.settings.sample_weighting else 1.0
 
     def fold(self, acc: WeightedSum, update: AcceptedUpdate, at: Weighing) -> None:
-        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+        self.combine.fold(acc, update, self.weight(update, at))
 
     def finish(
         self,
@@ -123,7 +126,8 @@ class FedOpt:
         settings = self.settings
         step_count = state.step + 1
         lr = _lr(settings, step_count)
-        steps = acc.take_mean()  # Δ per tensor; overwritten in place with the server step
+        combined = self.combine.mean(acc)
+        steps = combined.delta  # Δ per tensor; overwritten in place with the server step
         m_out, u_out = dict(state.m), dict(state.u)
         for name, delta in steps.items():
             m_out[name], u_out[name] = _optimizer_step(
@@ -132,7 +136,7 @@ class FedOpt:
         new_global, step_norm = apply_step(global_tensors, steps)
         extra = {"server_lr": lr, "optimizer_step": float(step_count)}
         name = f"fedopt-{settings.variant}"
-        metrics = AggregationMetrics.of(name, new_version, acc, step_norm, extra)
+        metrics = AggregationMetrics.of(name, new_version, acc, step_norm, extra, combined.record)
         return StrategyResult(new_global, FedOptState(m_out, u_out, step_count), metrics)
 
     def initial_state(self) -> FedOptState:

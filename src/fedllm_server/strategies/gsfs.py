@@ -3,7 +3,8 @@
 Rules: α_i = w_i / Σ_{j∈S} w_j with w_i = f_i (the client's upload count over the frequency
 window, from the schedule), times n_i when `sample_weighting`, times (1+s_i)^(−a) with
 s_i = v − base_i when `staleness_exponent` a > 0. f_i is known only when the pool aggregates,
-so `GsfsSchedule` holds the pooled updates and folds them all then. Partial updates: each
+so `GsfsSchedule` holds the pooled updates and folds them all then (a `[robust]` rule replaces
+the weighted mean, with these w_i as its weights). Partial updates: each
 tensor is normalised over the clients that sent it, so a tensor sent by one client moves by
 η_s·U_i for that tensor. No strategy state here: the frequencies live in the schedule.
 """
@@ -25,7 +26,8 @@ from fedllm_server.strategies.base import (
     Weighing,
     apply_step,
 )
-from fedllm_server.strategies.settings import GsfsServerSettings, ValidationSettings
+from fedllm_server.strategies.combine import Combiner
+from fedllm_server.strategies.settings import GsfsServerSettings, RobustSettings, ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 
 WORST = "max_staleness_included"
@@ -43,8 +45,9 @@ class Gsfs:
     name = "gsfs"
     partial_updates = True
 
-    def __init__(self, settings: GsfsServerSettings) -> None:
+    def __init__(self, settings: GsfsServerSettings, robust: RobustSettings | None = None) -> None:
         self.settings = settings
+        self.combine = Combiner(robust)
 
     def make_schedule(self, ctx: ScheduleContext) -> GsfsSchedule:
         return GsfsSchedule.restore(self.settings, ctx)
@@ -74,7 +77,7 @@ class Gsfs:
         if reason:
             acc.exclude(update.client_id, reason)
             return
-        acc.add(update.client_id, update.tensors, self.weight(update, at), update.norm)
+        self.combine.fold(acc, update, self.weight(update, at))
         acc.extra[WORST] = max(acc.extra.get(WORST, 0.0), float(staleness(update, at.version)))
 
     def finish(
@@ -84,9 +87,10 @@ class Gsfs:
         if len(acc) == 0:
             detail = f"gsfs: no updates left to aggregate (excluded {acc.excluded})"
             raise EmptyAggregationError(detail)
-        new_global, step_norm = apply_step(global_tensors, acc.take_mean(self.settings.server_lr))
+        combined = self.combine.mean(acc, self.settings.server_lr)
+        new_global, step_norm = apply_step(global_tensors, combined.delta)
         extra = {WORST: acc.extra.get(WORST, 0.0)}
-        metrics = AggregationMetrics.of("gsfs", new_version, acc, step_norm, extra)
+        metrics = AggregationMetrics.of("gsfs", new_version, acc, step_norm, extra, combined.record)
         return StrategyResult(new_global, None, metrics)
 
     def initial_state(self) -> None:

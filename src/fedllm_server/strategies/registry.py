@@ -15,6 +15,7 @@ from fedllm_server.strategies.base import Strategy
 from fedllm_server.strategies.fedavg import FedAvg
 from fedllm_server.strategies.fedopt import FedOpt
 from fedllm_server.strategies.gsfs import Gsfs
+from fedllm_server.strategies.settings import RobustSettings
 
 STRATEGIES = (
     FedAvg,
@@ -32,7 +33,7 @@ else:  # one section, the class chosen by `name`
     ]
 
 
-def make_strategy(settings: StrategySettings) -> Strategy:
-    """The strategy `settings.name` names, built from its settings."""
-    strategy: Strategy = REGISTRY[settings.name](settings)
+def make_strategy(settings: StrategySettings, robust: RobustSettings | None = None) -> Strategy:
+    """The strategy `settings.name` names, built from its settings and the `[robust]` rule."""
+    strategy: Strategy = REGISTRY[settings.name](settings, robust)
     return strategy

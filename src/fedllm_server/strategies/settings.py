@@ -82,6 +82,38 @@ class GsfsServerSettings(StrategySettingsBase):
         return self
 
 
+RobustRule = Literal["none", "clip", "trimmed_mean", "median", "krum", "multi_krum"]
+
+
+class RobustSettings(FrozenSettings):
+    """`[robust]`: the rule every strategy aggregates its deltas with (docs/robust.md).
+
+    "none" is the strategy's own weighted mean. "clip" is that mean over updates clipped to C
+    (`clip_norm`, or `clip_multiplier` × the median norm of the aggregation); the other rules
+    run after the same optional clipping. Off by default: the door's norm bound, the sample
+    count cap and the GSFS frequency cap already bound what one client weighs, and the other
+    rules cost honest accuracy in small federations (docs/robust.md, "Choosing a rule").
+    """
+
+    rule: RobustRule = "none"
+    clip_norm: float | None = Field(default=None, gt=0, description="fixed clip bound C")
+    clip_multiplier: float | None = Field(default=None, gt=0, description="C = c·median norm")
+    trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="β, trimmed_mean")
+    byzantine: int = Field(default=1, ge=0, description="f, krum and multi_krum")
+    selected: int | None = Field(default=None, ge=1, description="m, multi_krum; None = n − f")
+
+    @model_validator(mode="after")
+    def _one_clip_bound(self) -> RobustSettings:
+        if self.clip_norm is not None and self.clip_multiplier is not None:
+            raise ValueError("give at most one of clip_norm and clip_multiplier")
+        clipped = self.clip_norm is not None or self.clip_multiplier is not None
+        if self.rule == "clip" and not clipped:
+            raise ValueError("rule = 'clip' needs clip_norm or clip_multiplier")
+        if self.rule == "none" and clipped:
+            raise ValueError("clip_norm and clip_multiplier need a rule other than 'none'")
+        return self
+
+
 class ValidationSettings(FrozenSettings):
     """Checks every update passes before it touches a round or the GSFS pool."""
 

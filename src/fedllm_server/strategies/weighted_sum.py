@@ -8,7 +8,9 @@ in 2× the model's bytes of fresh pages each time (0.6 s per round for a 100 MB 
 on the 2-core development VM). Each update is folded
 in place, block by block (`np.multiply(out=)`, `np.add(out=)`), and may be dropped by the caller
 right after. Weight totals are per tensor so partial updates average each tensor over exactly the
-clients that sent it. The caller's arrays are never written.
+clients that sent it. The caller's arrays are never written. `keep` is the other way in, for
+the robust rules that need every update at once (docs/robust.md): it holds the received arrays
+by reference with their weights, which costs the n updates themselves, O(n × model).
 
 Why float64 sums: updates arrive in whatever order the network delivers them, and float32
 addition is not associative, so a float32 running sum made the same round give different models
@@ -65,6 +67,9 @@ class WeightedSum:
         self.norms: dict[str, float] = {}
         self.excluded: dict[str, str] = {}  # client -> why it was left out
         self.extra: dict[str, float] = {}  # strategy scalars gathered while folding
+        # Updates held whole instead of folded (a robust rule needs all of them at once): the
+        # received arrays themselves, never copied or written.
+        self.kept: list[tuple[str, Mapping[str, Array], float]] = []  # (client, Δ, w)
 
     def add(
         self,
@@ -72,32 +77,53 @@ class WeightedSum:
         tensors: Mapping[str, Array],
         weight: float,
         norm: float | None = None,
+        scale: float = 1.0,
     ) -> None:
-        """Fold w·Δ into the sums. ‖Δ‖₂ is computed in the same pass unless `norm` is given.
+        """Fold w·s·Δ into the sums, w into the totals (s: a clipping scale, so the mean is
+        Σ w_i·s_i·Δ_i / Σ w_i). ‖Δ‖₂ is computed in the same pass unless `norm` is given.
 
         A zero weight (e.g. n_i = 0 under sample weighting) leaves the client out, recorded in
         `excluded`, rather than failing a whole round; negative or non-finite weights are bugs.
         """
+        if not self._admit(client_id, weight):
+            return
+        squares = 0.0
+        for name, delta in tensors.items():
+            squares += self._fold(name, delta, weight, scale, want_norm=norm is None)
+        self._record(client_id, weight, math.sqrt(squares) if norm is None else norm)
+
+    def keep(
+        self, client_id: str, tensors: Mapping[str, Array], weight: float, norm: float
+    ) -> None:
+        """Hold Δ whole (by reference) with its weight, for a rule that needs every update."""
+        if not self._admit(client_id, weight):
+            return
+        self.kept.append((client_id, tensors, weight))
+        for name in tensors:
+            self._weights.setdefault(name, []).append(weight)
+        self._record(client_id, weight, norm)
+
+    def _admit(self, client_id: str, weight: float) -> bool:
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weight for {client_id!r} must be finite and >= 0, got {weight}")
         if client_id in self.raw_weights or client_id in self.excluded:
             raise ValueError(f"client {client_id!r} folded twice into one aggregation")
         if weight == 0:
             self.excluded[client_id] = "zero_weight"
-            return
-        squares = 0.0
-        for name, delta in tensors.items():
-            squares += self._fold(name, delta, weight, want_norm=norm is None)
+            return False
+        return True
+
+    def _record(self, client_id: str, weight: float, norm: float) -> None:
         self.clients.append(client_id)
         self.raw_weights[client_id] = weight
-        self.norms[client_id] = math.sqrt(squares) if norm is None else norm
+        self.norms[client_id] = norm
 
     def exclude(self, client_id: str, reason: str) -> None:
         """Leave a client out of this aggregation, recording why (for the metrics record)."""
         self.excluded[client_id] = reason
 
-    def _fold(self, name: str, delta: Array, weight: float, want_norm: bool) -> float:
-        """acc += w·Δ block by block; returns Σ Δ² when asked (0.0 otherwise)."""
+    def _fold(self, name: str, delta: Array, weight: float, scale: float, want_norm: bool) -> float:
+        """acc += w·s·Δ block by block; returns Σ Δ² when asked (0.0 otherwise)."""
         acc = self._sums.get(name)
         if acc is None:
             acc = self._sums[name] = self._storage(name, delta.shape)
@@ -109,7 +135,7 @@ class WeightedSum:
         squares = _axpy(
             acc.reshape(-1),
             np.ascontiguousarray(delta).reshape(-1),
-            np.float64(weight),
+            np.float64(weight * scale),
             self._scratch,
             overwrite=first,
             want_norm=want_norm,
@@ -130,7 +156,7 @@ class WeightedSum:
             self._spare.update(self._sums)
         self._sums, self._weights = {}, {}
         self.clients, self.raw_weights, self.norms, self.excluded = [], {}, {}, {}
-        self.extra = {}
+        self.extra, self.kept = {}, []
 
     @property
     def tensor_clients(self) -> dict[str, int]:
