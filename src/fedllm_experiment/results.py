@@ -132,6 +132,16 @@ def read_results(path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+def privacy_record(aggregations: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The accountant's report after the last aggregation that has one (central DP: δ, method,
+    budget, aggregations, federation_epsilon, epsilon per client), or None when DP was off."""
+    for record in reversed(aggregations):
+        accountant = (record.get("privacy") or {}).get("accountant")
+        if accountant:
+            return dict(accountant)
+    return None
+
+
 def run_record(
     strategy: str,
     central: Mapping[str, Any],
@@ -145,9 +155,11 @@ def run_record(
     bytes_up: int = 0,
     bytes_down: int = 0,
     history: Sequence[Mapping[str, Any]] = (),
+    privacy: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One contract run; the headline latency figures are lifted out of ``latency``."""
+    """One contract run; the headline latency figures are lifted out of ``latency``.
+    ``privacy``: `privacy_record` of the server's aggregations (None: DP off, or a baseline)."""
     return {
         "strategy": strategy,
         "central": metric_block(central),
@@ -162,5 +174,6 @@ def run_record(
         "latency": dict(latency),
         "energy": dict(energy),
         "history": list(history),
+        "privacy": None if privacy is None else dict(privacy),
         **extra,
     }

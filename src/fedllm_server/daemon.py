@@ -78,7 +78,7 @@ class Tls:
 def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
     state_dir = settings.state_dir  # created (0700) and locked by the caller
     store = CheckpointStore(state_dir / "checkpoints")
-    strategy = make_strategy(settings.strategy, settings.robust)
+    strategy = make_strategy(settings.strategy, settings.robust, settings.privacy)
     pool_log = PoolLog(state_dir / "pool.log")
     engine = Engine(
         strategy,
@@ -88,6 +88,7 @@ def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
         pool_log,
         settings.checkpoint_retry,
         settings.norm_bound,
+        settings.privacy,
     )
     return EngineThread(engine)
 

@@ -16,13 +16,20 @@ then resumes from the last durable version and aggregates the logged updates aga
 updates are refused (`unexpected`, not the client's fault) until a retry (`flush_checkpoint`,
 which the daemon calls periodically, or the next arrival) has made the state durable: nothing
 is Acked that a restart could not bring back. The failures are counted for the metrics.
+Central DP (`[privacy] mode = "central"`): the engine owns the accountant. Before an
+aggregation it records one event (σ, q = 1) for every client that could have contributed:
+every client enrolled (the schedule's `durable["enrolled"]`) plus those in the aggregation. An
+event that would pass the ε budget refuses the aggregation (`PrivacyBudgetRefused`, logged as
+`privacy_budget_exhausted`): nothing is applied, the updates named are dropped and the server
+keeps serving the last version. The new accountant is kept only once the aggregation is
+applied (an empty one releases nothing); its ledgers go into every checkpoint.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -32,7 +39,8 @@ from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
 from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.durable.retry import Attempts, RetrySettings, retry_io
-from fedllm_server.strategies.base import Strategy, StrategyResult, Weighing
+from fedllm_server.privacy import PrivacyAccountant, PrivacyBudgetExceededError, PrivacySettings
+from fedllm_server.strategies.base import EmptyAggregationError, Strategy, StrategyResult, Weighing
 from fedllm_server.strategies.settings import ValidationSettings
 from fedllm_server.strategies.weighted_sum import WeightedSum
 from fedllm_server.tensors import TensorDict
@@ -48,6 +56,10 @@ from fedllm_server.validation import (
 
 log = structlog.get_logger("fedllm.server.engine")
 NOT_DURABLE = "the server cannot write its checkpoint now; retry later"
+
+
+class PrivacyBudgetRefused(EmptyAggregationError):
+    """The aggregation would take the federation past its ε budget: nothing was applied."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,13 @@ class Engine:
         log: PoolLog,
         retry: RetrySettings | None = None,
         norm_bound: NormBoundSettings | None = None,
+        privacy: PrivacySettings | None = None,
     ) -> None:
         self.strategy = strategy
+        self.privacy = privacy or PrivacySettings()
+        self.accountant: PrivacyAccountant | None = None
+        if self.privacy.central:
+            self.accountant = PrivacyAccountant(self.privacy.accountant_config())
         self.validation = validation
         self.fingerprint = fingerprint
         self.rules = DoorRules(
@@ -142,6 +159,9 @@ class Engine:
         if "door" in meta:
             self.door = DoorState.from_dict(meta["door"], now)
         self.strategy_state = self.strategy.state_from_arrays(ckpt.strategy_arrays, meta)
+        if self.accountant is not None and "privacy" in meta:
+            config = self.privacy.accountant_config()  # δ and budget from today's settings
+            self.accountant = PrivacyAccountant.from_dict(meta["privacy"], config)
         return Loaded(ckpt.version, True, loaded.skipped, meta)
 
     def replay(self) -> Replayed:
@@ -187,12 +207,17 @@ class Engine:
         """Fold `fold`, apply the sum (raises EmptyAggregationError), checkpoint with the
         schedule's `durable` state, reset the log."""
         try:
+            accountant = self._account(fold, durable)
             self.fold(fold)
             result = self.strategy.finish(
                 self.global_tensors, self.acc, self.strategy_state, self._version + 1
             )
         finally:
             self.acc.reset()  # aggregated or empty: the next one starts from no sums
+        if accountant is not None:
+            self.accountant = accountant
+            privacy = {**result.metrics.privacy, "accountant": accountant.report()}
+            result = replace(result, metrics=replace(result.metrics, privacy=privacy))
         self.strategy_state = result.state
         self._set_global(result.metrics.version, result.global_tensors)
         bytes_in, self._bytes_in = self._bytes_in, 0
@@ -201,6 +226,29 @@ class Engine:
         elapsed = time.perf_counter() - started
         failures = self.checkpoint_attempts.failures
         return Committed(self._version, result, bytes_in, elapsed, saved, failures)
+
+    def _account(
+        self, fold: Mapping[str, int], durable: Mapping[str, Any]
+    ) -> PrivacyAccountant | None:
+        """The accountant with this aggregation recorded (None when DP is off); raises
+        `PrivacyBudgetRefused`, dropping the updates named, past the budget."""
+        if self.accountant is None:
+            return None
+        eligible = {str(cid): 1.0 for cid in durable.get("enrolled", [])}
+        eligible.update({self.held[uid].client_id: 1.0 for uid in fold if uid in self.held})
+        try:
+            return self.accountant.record_aggregation(self.privacy.noise_multiplier, eligible)
+        except PrivacyBudgetExceededError as exc:
+            self.drop(fold)  # the schedule has already let them go
+            log.error(
+                "privacy_budget_exhausted",
+                model_version=self._version,
+                epsilon_spent=exc.spent,
+                epsilon_next=exc.would_be,
+                epsilon_budget=exc.budget,
+                detail="aggregation refused; serving the last version",
+            )
+            raise PrivacyBudgetRefused(str(exc)) from exc
 
     def checkpoint(
         self, durable: Mapping[str, Any], now: float, metrics: dict[str, Any] | None = None
@@ -214,6 +262,8 @@ class Engine:
             **durable,
             **strategy_meta,
         }
+        if self.accountant is not None:
+            meta["privacy"] = self.accountant.to_dict()  # ledgers, not ε (docs/privacy.md)
         ckpt = Checkpoint(self._version, self.global_tensors, arrays, meta, metrics or {})
         self._unsaved = ckpt  # a newer generation supersedes one still pending
         try:

@@ -183,6 +183,7 @@ def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> 
         "tensor_clients": m.tensor_clients,
         "extra": m.extra,
         "robust": m.robust,  # the [robust] rule's record ({} for rule "none")
+        "privacy": m.privacy,  # central DP: the noised mean and ε spent ({} when off)
         "bytes_in": item.committed.bytes_in,
         "bytes_out": item.fan.bytes_out,
         "sent_to": item.fan.queued,

@@ -17,6 +17,7 @@ from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
 from fedllm_core.settings import FrozenSettings
 from fedllm_server.durable.retry import RetrySettings
+from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.strategies.registry import StrategySettings
 from fedllm_server.strategies.settings import FedAvgSettings, RobustSettings, ValidationSettings
 from fedllm_server.validation import NormBoundSettings
@@ -83,6 +84,8 @@ class ServerSettings(FrozenSettings):
     strategy: StrategySettings = Field(default_factory=FedAvgSettings)
     # The rule every strategy aggregates deltas with (docs/robust.md); "none" by default.
     robust: RobustSettings = Field(default_factory=RobustSettings)
+    # Central DP-FedAvg with an accountant (docs/privacy.md); off by default.
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     # The door's ‖Δ‖₂ bound from the accepted norms (on by default; docs/server.md).
     norm_bound: NormBoundSettings = Field(default_factory=NormBoundSettings)
@@ -112,6 +115,9 @@ class ServerSettings(FrozenSettings):
             raise ValueError("tls.ca, tls.cert and tls.key are required unless insecure = true")
         if self.idle_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("idle_timeout_s must be longer than heartbeat_interval_s")
+        if self.privacy.central and self.robust.rule != "none":
+            # the DP accounting covers clipping plus the noised mean only (docs/privacy.md)
+            raise ValueError("privacy.mode = 'central' needs robust.rule = 'none'")
         return self
 
     @property

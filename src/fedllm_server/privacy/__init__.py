@@ -30,6 +30,7 @@ from fedllm_server.privacy.mechanism import (
     poisson_sample,
 )
 from fedllm_server.privacy.noise import NoiseSource, SeededSource, SystemRandom, add_gaussian
+from fedllm_server.privacy.settings import PrivacySettings
 
 __all__ = [
     "METHODS",
@@ -42,6 +43,7 @@ __all__ = [
     "NoiseSource",
     "PrivacyAccountant",
     "PrivacyBudgetExceededError",
+    "PrivacySettings",
     "SeededSource",
     "SystemRandom",
     "add_gaussian",

@@ -64,6 +64,8 @@ class AggregationMetrics:
     extra: dict[str, float] = field(default_factory=dict)  # strategy-specific scalars
     # The robust rule's record (rule, selected, rejected, per-client scores); {} for "none".
     robust: dict[str, Any] = field(default_factory=dict)
+    # Central DP: the noised mean's record, then the accountant's ε (the engine adds it).
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class AggregationMetrics:
             "excluded": dict(self.excluded),
             "extra": dict(self.extra),
             "robust": dict(self.robust),
+            "privacy": dict(self.privacy),
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class AggregationMetrics:
         step_norm: float,
         extra: dict[str, float] | None = None,
         robust: dict[str, Any] | None = None,
+        privacy: dict[str, Any] | None = None,
     ) -> AggregationMetrics:
         """The record of the aggregation folded in `acc` (before `acc` is reset)."""
         return cls(
@@ -101,6 +105,7 @@ class AggregationMetrics:
             excluded=dict(acc.excluded),
             extra=extra or {},
             robust=robust or {},
+            privacy=privacy or {},
         )
 
 

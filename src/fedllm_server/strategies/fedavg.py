@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.schedule.base import ScheduleContext
 from fedllm_server.schedule.rounds import SyncRounds
 from fedllm_server.strategies.base import (
@@ -36,9 +37,14 @@ class FedAvg:
     name = "fedavg"
     partial_updates = False
 
-    def __init__(self, settings: FedAvgSettings, robust: RobustSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: FedAvgSettings,
+        robust: RobustSettings | None = None,
+        privacy: PrivacySettings | None = None,
+    ) -> None:
         self.settings = settings
-        self.combine = Combiner(robust)
+        self.combine = Combiner(robust, privacy)
 
     def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
         return SyncRounds.restore(ctx)
@@ -59,10 +65,10 @@ class FedAvg:
         """Apply the averaged delta held in `acc` (consumed) to θ^v."""
         if len(acc) == 0:
             raise EmptyAggregationError("fedavg: no updates to aggregate")
-        combined = self.combine.mean(acc)
+        combined = self.combine.mean(acc, 1.0, global_tensors)
         new_global, step_norm = apply_step(global_tensors, combined.delta)
         metrics = AggregationMetrics.of(
-            "fedavg", new_version, acc, step_norm, None, combined.record
+            "fedavg", new_version, acc, step_norm, None, combined.record, combined.privacy
         )
         return StrategyResult(new_global, None, metrics)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.schedule.base import ScheduleContext
 from fedllm_server.schedule.rounds import SyncRounds
 from fedllm_server.strategies.base import (
@@ -96,9 +97,14 @@ class FedOpt:
     name = "fedopt"
     partial_updates = False
 
-    def __init__(self, settings: FedOptSettings, robust: RobustSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: FedOptSettings,
+        robust: RobustSettings | None = None,
+        privacy: PrivacySettings | None = None,
+    ) -> None:
         self.settings = settings
-        self.combine = Combiner(robust)
+        self.combine = Combiner(robust, privacy)
 
     def make_schedule(self, ctx: ScheduleContext) -> SyncRounds:
         return SyncRounds.restore(ctx)
@@ -126,7 +132,7 @@ class FedOpt:
         settings = self.settings
         step_count = state.step + 1
         lr = _lr(settings, step_count)
-        combined = self.combine.mean(acc)
+        combined = self.combine.mean(acc, 1.0, global_tensors)
         steps = combined.delta  # Δ per tensor; overwritten in place with the server step
         m_out, u_out = dict(state.m), dict(state.u)
         for name, delta in steps.items():
@@ -136,7 +142,9 @@ class FedOpt:
         new_global, step_norm = apply_step(global_tensors, steps)
         extra = {"server_lr": lr, "optimizer_step": float(step_count)}
         name = f"fedopt-{settings.variant}"
-        metrics = AggregationMetrics.of(name, new_version, acc, step_norm, extra, combined.record)
+        metrics = AggregationMetrics.of(
+            name, new_version, acc, step_norm, extra, combined.record, combined.privacy
+        )
         return StrategyResult(new_global, FedOptState(m_out, u_out, step_count), metrics)
 
     def initial_state(self) -> FedOptState:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.schedule.base import ScheduleContext
 from fedllm_server.schedule.gsfs import GsfsSchedule
 from fedllm_server.strategies.base import (
@@ -45,9 +46,14 @@ class Gsfs:
     name = "gsfs"
     partial_updates = True
 
-    def __init__(self, settings: GsfsServerSettings, robust: RobustSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: GsfsServerSettings,
+        robust: RobustSettings | None = None,
+        privacy: PrivacySettings | None = None,
+    ) -> None:
         self.settings = settings
-        self.combine = Combiner(robust)
+        self.combine = Combiner(robust, privacy)
 
     def make_schedule(self, ctx: ScheduleContext) -> GsfsSchedule:
         return GsfsSchedule.restore(self.settings, ctx)
@@ -87,10 +93,12 @@ class Gsfs:
         if len(acc) == 0:
             detail = f"gsfs: no updates left to aggregate (excluded {acc.excluded})"
             raise EmptyAggregationError(detail)
-        combined = self.combine.mean(acc, self.settings.server_lr)
+        combined = self.combine.mean(acc, self.settings.server_lr, global_tensors)
         new_global, step_norm = apply_step(global_tensors, combined.delta)
         extra = {WORST: acc.extra.get(WORST, 0.0)}
-        metrics = AggregationMetrics.of("gsfs", new_version, acc, step_norm, extra, combined.record)
+        metrics = AggregationMetrics.of(
+            "gsfs", new_version, acc, step_norm, extra, combined.record, combined.privacy
+        )
         return StrategyResult(new_global, None, metrics)
 
     def initial_state(self) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
+from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.strategies.base import Strategy
 from fedllm_server.strategies.fedavg import FedAvg
 from fedllm_server.strategies.fedopt import FedOpt
@@ -33,7 +34,12 @@ else:  # one section, the class chosen by `name`
     ]
 
 
-def make_strategy(settings: StrategySettings, robust: RobustSettings | None = None) -> Strategy:
-    """The strategy `settings.name` names, built from its settings and the `[robust]` rule."""
-    strategy: Strategy = REGISTRY[settings.name](settings, robust)
+def make_strategy(
+    settings: StrategySettings,
+    robust: RobustSettings | None = None,
+    privacy: PrivacySettings | None = None,
+) -> Strategy:
+    """The strategy `settings.name` names, built from its settings, the `[robust]` rule and
+    the `[privacy]` mode."""
+    strategy: Strategy = REGISTRY[settings.name](settings, robust, privacy)
     return strategy
