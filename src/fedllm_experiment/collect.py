@@ -36,7 +36,7 @@ from fedllm_experiment.latency import (
     summarize,
 )
 from fedllm_experiment.progress import read_json_lines
-from fedllm_experiment.results import average_metrics, metric_block, run_record
+from fedllm_experiment.results import average_metrics, metric_block, privacy_record, run_record
 from fedllm_experiment.scoring import model_detection
 
 Record = Mapping[str, Any]
@@ -243,6 +243,7 @@ def collect_run(
         bytes_up=sum(int(u.get("bytes") or 0) for u in updates),
         bytes_down=sum(int(c["bytes_down"] or 0) for c in clients),
         history=hist,
+        privacy=privacy_record(_kind(server, "aggregation")),
         upload_events=upload_events(server),
         clients=clients,
         clients_reporting_final=len(finals),
