@@ -19,6 +19,7 @@ import numpy as np
 import structlog
 
 from fedllm_client import trigger as policy
+from fedllm_client.attack import poison_delta
 from fedllm_client.local_model import LocalModel, StepResult
 from fedllm_client.metrics_log import MetricsLog
 from fedllm_client.settings import ClientSettings
@@ -246,7 +247,7 @@ class Learner:
     ) -> PendingUpload:
         """Δ = θ_i − θ^{base_version} (only significant layers for GSFS partial updates)."""
         assert self.state.base is not None, "update before any global model"
-        delta = self.model.delta(self.state.base)
+        delta = poison_delta(self.model.delta(self.state.base), self.settings.attack)
         layers = sorted(self.model.layers())
         if round_ < 0 and self.settings.trigger.partial_updates:
             layers = self._significant(delta)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedllm_client.attack import poison_labels
 from fedllm_client.local_model import StepResult
 from fedllm_core.data import load_client_data, load_eval_data
 from fedllm_core.model import (
@@ -54,7 +55,8 @@ class LoraModel:
     def build(cls, settings: ClientSettings) -> LoraModel:
         data = load_client_data(settings.data)
         bundle = build_model(settings.model, data.label_names, seed=settings.seed)
-        train = _encode(settings, bundle, data.train_texts, data.train_labels)
+        labels = poison_labels(data.train_labels, len(data.label_names), settings.attack)
+        train = _encode(settings, bundle, data.train_texts, labels)
         val = _encode(settings, bundle, data.val_texts, data.val_labels)
         trainer = LocalTrainer(bundle, train, settings.train, seed=settings.seed)
         return cls(settings, bundle, trainer, val, data.template, data.sample_count)

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from fedllm_client.attack import AttackSettings
 from fedllm_client.backoff import BackoffSettings
 from fedllm_client.trigger import TriggerSettings
 from fedllm_core.data import DataSettings
@@ -112,6 +113,8 @@ class ClientSettings(FrozenSettings):
     energy_every_steps: int = Field(default=100, ge=1)
     inference: InferenceSettings = _default(InferenceSettings)
     final_eval: FinalEvalSettings = _default(FinalEvalSettings)
+    # A poisoned client for defence experiments only (fedllm_client.attack); off by default.
+    attack: AttackSettings = _default(AttackSettings)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ClientSettings:
