@@ -24,6 +24,7 @@ from fedllm_core.data import (
     load_validation_data,
     template_for,
 )
+from fedllm_core.metrics_record import read_metrics
 from fedllm_core.model import ModelBundle, ModelSettings, build_model, load_trainable_state
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import Deployment, daemon_data, shared_sections
@@ -35,7 +36,6 @@ from fedllm_experiment.latency import (
     sample_latency,
     summarize,
 )
-from fedllm_experiment.progress import read_json_lines
 from fedllm_experiment.results import average_metrics, metric_block, privacy_record, run_record
 from fedllm_experiment.scoring import model_detection
 
@@ -50,8 +50,8 @@ def _kind(records: Sequence[Record], kind: str) -> list[Record]:
     return [r for r in records if r.get("kind") == kind]
 
 
-def _last_event(records: Sequence[Record], event: str) -> Record | None:
-    found = [r for r in records if r.get("event") == event]
+def _last(records: Sequence[Record], kind: str) -> Record | None:
+    found = _kind(records, kind)
     return found[-1] if found else None
 
 
@@ -98,7 +98,7 @@ def upload_events(server: Sequence[Record]) -> list[dict[str, Any]]:
 
 
 def client_summary(name: str, records: Sequence[Record]) -> dict[str, Any]:
-    final, stop = _last_event(records, "final_eval"), _last_event(records, "stop")
+    final, stop = _last(records, "final_eval"), _last(records, "stop")
     return {
         "client": name,
         "final_eval": metric_block(final) if final else None,
@@ -219,8 +219,8 @@ def remeasure_interleaved(
 def collect_run(
     exp: ExperimentSettings, strategy: str, dep: Deployment, *, wall_s: float
 ) -> dict[str, Any]:
-    server = read_json_lines(dep.server_metrics)
-    clients = [client_summary(n, read_json_lines(p)) for n, p in dep.client_metrics.items()]
+    server = read_metrics(dep.server_metrics)  # files of either schema
+    clients = [client_summary(n, read_metrics(p)) for n, p in dep.client_metrics.items()]
     hist = history(server)
     evaluated = [h for h in hist if h["central"]]
     if not hist or hist[-1]["version"] < exp.rounds or not evaluated:

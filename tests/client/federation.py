@@ -152,7 +152,7 @@ class Federation:
         return read_metrics(path) if path.exists() else []
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
-        return [r for r in self.metrics(name) if r["event"] == event]
+        return [r for r in self.metrics(name) if r["kind"] == event]
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.root / f"{name}.log"

@@ -91,7 +91,7 @@ def test_final_eval_evaluates_last_trained_model_not_later_broadcast(tmp_path: P
     )
     learner.final_eval()
     assert learner.state.trained is trained
-    records = [r for r in read_metrics(learner.settings.metrics_path) if r["event"] == "final_eval"]
+    records = [r for r in read_metrics(learner.settings.metrics_path) if r["kind"] == "final_eval"]
     assert records and 0.0 <= records[0]["accuracy"] <= 1.0
 
 
@@ -119,7 +119,7 @@ def test_state_of_another_model_is_not_loaded(tmp_path: Path) -> None:
 
 def _final_records(learner: Learner) -> list[str]:
     names = ("final_upload", "upload")
-    return [r["event"] for r in read_metrics(learner.settings.metrics_path) if r["event"] in names]
+    return [r["kind"] for r in read_metrics(learner.settings.metrics_path) if r["kind"] in names]
 
 
 def test_final_upload_is_recorded_only_once_it_is_sent(tmp_path: Path) -> None:

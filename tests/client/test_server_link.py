@@ -46,7 +46,7 @@ def _client(pki: Any, tmp: Path, name: str, index: int, port: int, **extra: Any)
 
 
 def _events(settings: ClientSettings, name: str) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(settings.metrics_path) if r["event"] == name]
+    return [r for r in read_metrics(settings.metrics_path) if r["kind"] == name]
 
 
 async def _run_federation(server: Scripted, clients: list[ClientSettings]) -> list[int]:

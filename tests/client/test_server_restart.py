@@ -29,9 +29,9 @@ def _server(fed: Federation, kind: str) -> list[dict[str, Any]]:
 def _after_restart(fed: Federation, name: str) -> list[int]:
     """Versions the client received on connections after its first one."""
     records = fed.metrics(name)
-    second = [i for i, r in enumerate(records) if r["event"] == "connected"][1:2]
+    second = [i for i, r in enumerate(records) if r["kind"] == "connected"][1:2]
     later = records[second[0] :] if second else []
-    return [r["version"] for r in later if r["event"] == "broadcast_received"]
+    return [r["version"] for r in later if r["kind"] == "broadcast_received"]
 
 
 def test_clients_carry_on_through_a_server_sigterm_and_restart(tmp_path: Path, pki: Any) -> None:

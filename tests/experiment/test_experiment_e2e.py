@@ -73,7 +73,7 @@ def test_server_counted_every_upload_the_clients_sent(
         1
         for name in ("client-1", "client-2")
         for r in read_json_lines(run_dir / f"{name}-metrics.jsonl")
-        if r.get("event") == "upload"
+        if r.get("kind") == "upload"
     )
     run = next(
         r
