@@ -12,6 +12,7 @@ the same model and the same local optimizer budget, ``rounds * local_steps`` ste
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from fedllm_core.settings import (
 
 Strategy = Literal["fedavg", "fedopt", "gsfs"]
 ALL_STRATEGIES: tuple[Strategy, ...] = ("fedavg", "fedopt", "gsfs")
+Attack = Literal["none", "signflip", "scale", "labelflip", "freq"]
+Defense = Literal["none", "clip", "trimmed_mean", "median", "krum", "multi_krum"]
 
 
 class ExperimentSettings(FrozenSettings):
@@ -63,6 +66,12 @@ class ExperimentSettings(FrozenSettings):
     torch_threads: int = Field(1, ge=1, description="per daemon process")
     run_timeout_s: float = Field(900.0, gt=0, description="one strategy's deployment")
     latency_requests: int = Field(200, ge=10)
+    # Poisoning (issue 10, docs/robust.md "Attacks"): the first ceil(malicious · clients)
+    # clients run the ordinary daemon with the attack on ("freq": a GSFS trigger that fires
+    # every step); `defense` is the server's [robust] rule (None: whatever [server.robust] says).
+    attack: Attack = "none"
+    malicious: float = Field(0.2, ge=0, le=1, description="share of poisoned clients")
+    defense: Defense | None = None
     # Raw settings laid over the generated ones: `shared` ([shared.data], [shared.model]) on both
     # daemons, then `server` / `client` on one side (e.g. [client.train], [client.trigger]).
     # Keys are the daemons' own (docs/server.md, docs/client.md).
@@ -73,6 +82,13 @@ class ExperimentSettings(FrozenSettings):
     @property
     def run_seeds(self) -> tuple[int, ...]:
         return self.seeds or (self.seed,)
+
+    @property
+    def malicious_clients(self) -> int:
+        """How many clients (the first ones) are poisoned: ceil(malicious · clients)."""
+        if self.attack == "none":
+            return 0
+        return math.ceil(round(self.malicious * self.clients, 9))
 
     @property
     def budget_steps(self) -> int:

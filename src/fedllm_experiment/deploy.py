@@ -95,8 +95,26 @@ def server_dict(
         "stop_after_versions": exp.rounds,
         "logging": {"json_lines": True},
     }
+    if exp.defense is not None:
+        generated["robust"] = defense_section(exp.defense)
     layered = deep_merge(deep_merge(generated, shared_sections(exp)), exp.shared)
     return deep_merge(layered, exp.server)
+
+
+def defense_section(rule: str) -> dict[str, Any]:
+    """The server's [robust] for `--defense`; clipping to the median norm for "clip"."""
+    return {"rule": rule, "clip_multiplier": 1.0} if rule == "clip" else {"rule": rule}
+
+
+def attack_sections(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:
+    """What a poisoned client's config adds: its [attack], or for "freq" a GSFS trigger that
+    fires at every step (a flood of uploads; synchronous rounds ask for one, so no effect)."""
+    if exp.attack == "freq":
+        if strategy != "gsfs":
+            return {}
+        flood = {"check_every": 1, "warmup_steps": 0, "min_steps_between_uploads": 0}
+        return {"trigger": {**flood, "max_silence_steps": 1}}
+    return {"attack": {"kind": exp.attack}}
 
 
 def gsfs_trigger(exp: ExperimentSettings) -> dict[str, Any]:
@@ -142,7 +160,10 @@ def client_dict(
     if strategy == "gsfs":
         generated["trigger"] = gsfs_trigger(exp)
     layered = deep_merge(deep_merge(shared_sections(exp), generated), exp.shared)
-    return deep_merge(layered, exp.client)
+    layered = deep_merge(layered, exp.client)
+    if index < exp.malicious_clients:
+        layered = deep_merge(layered, attack_sections(exp, strategy))
+    return layered
 
 
 def _to_toml(settings: Any) -> str:

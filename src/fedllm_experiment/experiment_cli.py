@@ -33,6 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategies", type=_strategies, help="comma list (default: fedavg,fedopt,gsfs)"
     )
     parser.add_argument(
+        "--attack",
+        choices=("none", "signflip", "scale", "labelflip", "freq"),
+        help="poison the first ceil(malicious x clients) clients (default none)",
+    )
+    parser.add_argument(
+        "--malicious", type=float, help="share of poisoned clients, 0-1 (default 0.2)"
+    )
+    parser.add_argument(
+        "--defense",
+        choices=("none", "clip", "trimmed_mean", "median", "krum", "multi_krum"),
+        help="the server's robust aggregation rule (default: the server config's)",
+    )
+    parser.add_argument(
         "--seeds",
         type=_seeds,
         help="comma list: one whole experiment per seed (its own capture split), then a "
@@ -113,6 +126,12 @@ def describe(exp: ExperimentSettings) -> str:
         f"partition {exp.partition}, "
         f"seed {exp.seed}, {exp.max_rows or 'all'} flows; budget {exp.budget_steps} local "
         f"steps per client ({exp.local_steps} per round x {exp.rounds}), batch {exp.batch_size}"
+        + (
+            f"; attack {exp.attack} on {exp.malicious_clients} of {exp.clients} clients"
+            if exp.malicious_clients
+            else ""
+        )
+        + (f"; defense {exp.defense}" if exp.defense is not None else "")
     )
 
 
@@ -129,7 +148,9 @@ def settings_and_out_dir(
 
 
 def run(args: argparse.Namespace) -> int:
-    exp, out_dir = settings_and_out_dir(args, "strategies", "seeds")
+    exp, out_dir = settings_and_out_dir(
+        args, "strategies", "seeds", "attack", "malicious", "defense"
+    )
     print(describe(exp), f"\noutput: {out_dir}", flush=True)
     started = time.monotonic()
     seeds = exp.run_seeds
