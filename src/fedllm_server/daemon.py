@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from fedllm_core.errors import CertificateError, ExitCode, FedllmError
+from fedllm_core.observe_http import Endpoint
 from fedllm_core.systemd import notify, watchdog_interval_s
 from fedllm_proto.codec import limits_for_model
 from fedllm_proto.tls import RevocationList, server_context
@@ -42,6 +43,7 @@ from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.engine import Engine, Loaded
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import MetricsLog
+from fedllm_server.observe import endpoint as observe_endpoint
 from fedllm_server.schedule.base import RoundConfig, ScheduleContext
 from fedllm_server.settings import ServerSettings
 from fedllm_server.state import EngineThread, ServerState
@@ -161,6 +163,7 @@ class Running:
     revocation: RevocationList | None
     _closing: set[asyncio.Task[None]]
     lock: StateDirLock
+    endpoint: Endpoint | None = None  # `[metrics]`: /metrics, /status, the dashboard
 
     def reload_revocations(self) -> None:
         """SIGHUP: re-read the deny-list, then drop every connected client now on it."""
@@ -183,6 +186,8 @@ class Running:
             await shutdown(self.state, self.listener, self.tasks)
         finally:
             self.lock.release()
+            if self.endpoint is not None:
+                await self.endpoint.close()
         self.watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.watchdog
@@ -208,6 +213,11 @@ async def _start_locked(
     restored = await restore(settings, central, make_engine(settings, central.identity.fingerprint))
     state = restored.state
     tls = tls_setup(settings)
+    try:
+        endpoint = await observe_endpoint.attach(state)
+    except OSError as exc:
+        where = f"{settings.metrics.bind}:{settings.metrics.port}"
+        raise BindError(f"cannot listen for metrics on {where}: {exc}") from exc
 
     async def on_peer(peer: Peer) -> None:
         await connections.handle_peer(state, peer)
@@ -224,6 +234,8 @@ async def _start_locked(
             limits=limits_for_model(state.engine.global_tensors),  # no Update past it
         )
     except OSError as exc:
+        if endpoint is not None:
+            await endpoint.close()
         raise BindError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     port = int(listener.sockets[0].getsockname()[1])
     _announce(state, restored, port, tls)
@@ -235,7 +247,7 @@ async def _start_locked(
     for task in tasks:
         task.add_done_callback(state.task_done)
     watchdog = asyncio.create_task(_watchdog(), name="watchdog")
-    running = Running(state, listener, port, tasks, watchdog, tls.revocation, set(), lock)
+    running = Running(state, listener, port, tasks, watchdog, tls.revocation, set(), lock, endpoint)
     if install_signals:
         _install_signals(running)
     return running

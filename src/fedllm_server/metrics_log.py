@@ -10,13 +10,17 @@ reads files written before it (schema 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from fedllm_core.metrics_record import SCHEMA, MetricsFile, read_metrics
 from fedllm_server.durable.private import make_private
 
 __all__ = ["SCHEMA", "MetricsLog", "read_metrics"]
+log = structlog.get_logger("fedllm.server")
 
 
 class MetricsLog:
@@ -27,9 +31,16 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         make_private(path)  # 0600 whatever the umask (it names clients and their metrics)
         self._file = MetricsFile(path, "server")
+        # the live endpoint's counters read the same records (fedllm_server.observe)
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def write(self, kind: str, **fields: Any) -> None:
         self._file.write(kind, fields)
+        for listener in self.listeners:
+            try:
+                listener(kind, fields)
+            except Exception:  # a live view must never stop the reporter or a connection
+                log.exception("metrics_listener_failed", kind=kind)
 
     def close(self) -> None:
         self._file.close()

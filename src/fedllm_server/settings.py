@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
+from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.settings import FrozenSettings
 from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.privacy.settings import PrivacySettings
@@ -108,6 +109,8 @@ class ServerSettings(FrozenSettings):
         default=None, ge=1, description="exit 0 at this version"
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    # Local HTTP endpoint: Prometheus /metrics, /status, the dashboard (docs/metrics.md).
+    metrics: MetricsEndpointSettings = Field(default_factory=MetricsEndpointSettings)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerSettings:
