@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("fedllm_experiment.experiment_cli", "run a loopback federation experiment"),
     "baseline": ("fedllm_experiment.baseline_cli", "centralised and gradient-boosting baselines"),
     "bench": ("fedllm_experiment.bench_cli", "benchmarks (e.g. `fedllm bench models`)"),
+    "status": (
+        "fedllm_core.status_cli",
+        "the running server's state (its [metrics] endpoint)",
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from fedllm_core.observe_http import MetricsEndpointSettings
+from fedllm_core.status_cli import summary
 from fedllm_server.daemon import start
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.settings import ServerSettings
@@ -137,3 +138,10 @@ def test_a_public_bind_needs_a_token() -> None:
 
 def test_the_endpoint_is_off_by_default() -> None:
     assert not MetricsEndpointSettings().enabled
+
+
+def test_fedllm_status_summary_lists_each_client_and_the_accuracy(scraped: Any) -> None:
+    text = summary(json.loads(scraped[3][1]))
+    rows = [line.split() for line in text.splitlines()]
+    assert [r[:2] for r in rows if r and r[0] in CLIENTS] == [[c, "connected"] for c in CLIENTS]
+    assert any(r[:1] == ["2"] and len(r) == 3 for r in rows)  # version 2's accuracy row
