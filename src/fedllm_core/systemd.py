@@ -35,3 +35,15 @@ def watchdog_interval_s() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+class StatusLine:
+    """STATUS= for `systemctl status`, sent only when the text changes (no datagram storm)."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def set(self, text: str) -> None:
+        if text != self._last:
+            self._last = text
+            notify(f"STATUS={text}")

@@ -44,6 +44,7 @@ from fedllm_server.engine import Engine, Loaded
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import MetricsLog
 from fedllm_server.observe import endpoint as observe_endpoint
+from fedllm_server.observe.systemd_status import ServerStatusLine
 from fedllm_server.schedule.base import RoundConfig, ScheduleContext
 from fedllm_server.settings import ServerSettings
 from fedllm_server.state import EngineThread, ServerState
@@ -213,6 +214,7 @@ async def _start_locked(
     restored = await restore(settings, central, make_engine(settings, central.identity.fingerprint))
     state = restored.state
     tls = tls_setup(settings)
+    state.metrics.listeners.append(ServerStatusLine(state).on_record)  # systemd STATUS=
     try:
         endpoint = await observe_endpoint.attach(state)
     except OSError as exc:

@@ -8,7 +8,11 @@ must move (uploads, aggregations, bytes, central accuracy) are checked against t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
+import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +27,7 @@ from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.status_cli import summary
 from fedllm_server.daemon import start
 from fedllm_server.evaluation import CentralModel
+from fedllm_server.observe.metrics import ServerObserver
 from fedllm_server.settings import ServerSettings
 
 CLIENTS = ("client-1", "client-2")
@@ -68,11 +73,14 @@ async def _scrape_after_rounds(tmp_path: Path, metrics: dict[str, Any], versions
     for client in clients:
         await client.connect()
     serving = [asyncio.create_task(c.serve()) for c in clients]
+    observer = next(
+        listener.__self__  # type: ignore[attr-defined]
+        for listener in running.state.metrics.listeners
+        if isinstance(listener.__self__, ServerObserver)  # type: ignore[attr-defined]
+    )
     for _ in range(600):  # bounded: 60 s at most
-        if running.state.engine.version >= versions and len(running.state.metrics.listeners):
-            observer = running.state.metrics.listeners[0].__self__  # type: ignore[attr-defined]
-            if len(observer.evaluations) >= versions:
-                break
+        if len(observer.evaluations) >= versions:  # evaluated: its record reached the gauges
+            break
         await asyncio.sleep(0.1)
     after = await asyncio.to_thread(_get, port, "/metrics", metrics.get("token"))
     status = await asyncio.to_thread(_get, port, "/status", metrics.get("token"))
@@ -85,10 +93,31 @@ async def _scrape_after_rounds(tmp_path: Path, metrics: dict[str, Any], versions
     return code, before, after, status, anonymous
 
 
+def _datagrams(sock: socket.socket) -> list[str]:
+    received = []
+    for _ in range(10_000):  # bounded; the daemon sent far fewer
+        try:
+            received.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            break
+    return received
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(exit code, /metrics before, /metrics after, /status, /status without token, STATUS=s)"""
     metrics = {"enabled": True, "port": 0, "token": TOKEN}
-    return asyncio.run(_scrape_after_rounds(tmp_path_factory.mktemp("observe"), metrics, 2))
+    tmp = tmp_path_factory.mktemp("observe")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp / "notify"))  # a real sd_notify socket, as systemd binds it
+        notify_socket.setblocking(False)
+        os.environ["NOTIFY_SOCKET"] = str(tmp / "notify")
+        try:
+            result = asyncio.run(_scrape_after_rounds(tmp, metrics, 2))
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        statuses = [d for d in _datagrams(notify_socket) if d.startswith("STATUS=")]
+    return (*result, statuses)
 
 
 def test_daemon_stops_cleanly_with_the_endpoint(scraped: Any) -> None:
@@ -96,7 +125,7 @@ def test_daemon_stops_cleanly_with_the_endpoint(scraped: Any) -> None:
 
 
 def test_uploads_and_aggregations_move_between_scrapes(scraped: Any) -> None:
-    _, (s0, before), (s1, after), _, _ = scraped
+    _, (s0, before), (s1, after), _, _, _ = scraped
     assert (s0, s1) == (200, 200)
     first, later = _samples(before.decode()), _samples(after.decode())
     assert first[("fedllm_server_connected_clients", ())] == 0
@@ -145,3 +174,13 @@ def test_fedllm_status_summary_lists_each_client_and_the_accuracy(scraped: Any) 
     rows = [line.split() for line in text.splitlines()]
     assert [r[:2] for r in rows if r and r[0] in CLIENTS] == [[c, "connected"] for c in CLIENTS]
     assert any(r[:1] == ["2"] and len(r) == 3 for r in rows)  # version 2's accuracy row
+
+
+def test_systemd_status_tells_version_clients_and_accuracy(scraped: Any) -> None:
+    statuses = scraped[5]
+    assert statuses[0] == "STATUS=version 0, 0 clients, acc not evaluated"
+    # the version may have moved on by the time version 2's evaluation is recorded
+    line = re.compile(r"STATUS=version ([2-9]|\d\d+), 2 clients, acc [01]\.\d{4}$")
+    evaluated = [s for s in statuses if line.match(s)]
+    assert evaluated, statuses
+    assert all(a != b for a, b in itertools.pairwise(statuses))  # only changes are sent
