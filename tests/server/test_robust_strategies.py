@@ -75,11 +75,21 @@ def test_median_through_fedavg() -> None:
     assert w_of(fedavg(five(), rule="median")) == pytest.approx([13.0, 11.0])
 
 
-def test_median_weighs_by_sample_count() -> None:
+def test_median_weighs_by_sample_count_when_asked() -> None:
     # n = 1, 1, 1, 1, 4: W = 8, W/2 = 4 falls between 4 and e's 100 -> (4 + 100)/2 = 52;
     # column 1 sorted b −50, c 0, e 1 (weight 4), d 2, a 3: W/2 = 4 lies inside e's weight -> 1
-    result = fedavg(five(e=4), rule="median")
+    result = fedavg(five(e=4), rule="median", weights="strategy")
     assert w_of(result) == pytest.approx([62.0, 11.0])
+
+
+def test_the_median_ignores_sample_counts_by_default() -> None:
+    # uniform weights: e's n = 4 buys nothing, the plain median (3, 1)
+    assert w_of(fedavg(five(e=4), rule="median")) == pytest.approx([13.0, 11.0])
+
+
+def test_a_client_with_most_samples_cannot_set_the_default_median() -> None:
+    # e holds 100 of 104 samples; its 100 would be the weighted median of column 0
+    assert w_of(fedavg(five(e=100), rule="median"))[0] == pytest.approx(13.0)
 
 
 def test_krum_selects_the_update_closest_to_its_neighbours() -> None:
@@ -197,7 +207,7 @@ def test_gsfs_scales_the_trimmed_mean_by_its_server_lr() -> None:
 
 def test_gsfs_weighs_the_rule_by_frequency() -> None:
     # f = 1, 1, 1, 1, 4 by client (e uploaded 4 times): the weighted median of column 0 is 52
-    strategy = Gsfs(GsfsServerSettings(), RobustSettings(rule="median"))
+    strategy = Gsfs(GsfsServerSettings(), RobustSettings(rule="median", weights="strategy"))
     freqs = {"a": 1, "b": 1, "c": 1, "d": 1, "e": 4}
     result = aggregate(strategy, GLOB, five(), None, 1, freqs)
     assert w_of(result)[0] == pytest.approx(62.0)

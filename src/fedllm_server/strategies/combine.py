@@ -75,6 +75,7 @@ class Combiner:
         rule = self.settings.rule
         fixed_clip = rule == "clip" and self.settings.clip_norm is not None
         self.streams = not self.privacy.central and (rule == "none" or fixed_clip)
+        self.uniform = rule not in ("none", "clip") and self.settings.weights == "uniform"
         self.params = RobustParams(
             trim_fraction=self.settings.trim_fraction,
             byzantine=self.settings.byzantine,
@@ -83,8 +84,8 @@ class Combiner:
 
     def fold(self, acc: WeightedSum, update: AcceptedUpdate, weight: float) -> None:
         """Fold w_i·scale_i·Δ_i now, or keep Δ_i for the rule (or the DP mean) at the end."""
-        if self.privacy.central:
-            weight = 1.0  # the strategy's weight is data-dependent and unbounded
+        if self.privacy.central or self.uniform:
+            weight = 1.0  # DP: the strategy's weight is data-dependent and unbounded
         if not self.streams:
             acc.keep(update.client_id, update.tensors, weight, update.norm)
             return

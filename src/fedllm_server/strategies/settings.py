@@ -101,6 +101,11 @@ class RobustSettings(FrozenSettings):
     trim_fraction: float = Field(default=0.2, ge=0, lt=0.5, description="β, trimmed_mean")
     byzantine: int = Field(default=1, ge=0, description="f, krum and multi_krum")
     selected: int | None = Field(default=None, ge=1, description="m, multi_krum; None = n − f")
+    # The weights trimmed_mean, median and (multi-)Krum's average see. "uniform": every client
+    # 1, so no client sets the median by its n_i or f_i (one client with 69 % of the samples
+    # made the weighted median follow it, a sign-flipper included); "strategy": the strategy's
+    # w_i. "clip" always keeps the strategy's weights (a norm-bounded weighted mean).
+    weights: Literal["uniform", "strategy"] = "uniform"
 
     @model_validator(mode="after")
     def _one_clip_bound(self) -> RobustSettings:
