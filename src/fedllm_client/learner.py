@@ -22,6 +22,7 @@ from fedllm_client import trigger as policy
 from fedllm_client.attack import poison_delta
 from fedllm_client.local_model import LocalModel, StepResult
 from fedllm_client.metrics_log import MetricsLog
+from fedllm_client.progress import Progress
 from fedllm_client.settings import ClientSettings
 from fedllm_client.state import ClientState, StateError, StateStore
 from fedllm_client.synthetic_model import SyntheticModel
@@ -64,6 +65,7 @@ class Learner:
         self._dirty = False  # model trained since state.local was last copied out
         self._since_persist = 0
         self._last_validation: dict[str, float] = {}
+        self.progress = Progress(settings.max_total_steps)  # STATUS= and training_progress
 
     @classmethod
     def open(cls, settings: ClientSettings) -> Learner:
@@ -182,6 +184,7 @@ class Learner:
         s.changed_since_upload = s.trained_on_base = self._dirty = True
         self._since_persist += 1
         self._losses.append(result.loss)
+        self.progress.step(s.steps_used, result.loss)
         if s.steps_used % self.settings.metrics_step_every == 0:
             window = self._losses[-self.settings.metrics_step_every :]
             self.metrics.write("step", step=s.steps_used, loss=result.loss, loss_avg=_mean(window))
@@ -291,6 +294,7 @@ class Learner:
         if pending.trigger_state is not None:
             self.trigger = pending.trigger_state
         self._losses.clear()
+        self.progress.waiting(s.base_version + 1)
         if pending.final:
             self.metrics.write("final_upload", step=s.steps_used)
         fields = _decision_fields(pending.decision) if pending.decision else {}
