@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedllm_core.observe_http import Endpoint, Routes, start_endpoint
+from fedllm_server.observe.dashboard import PAGE
 from fedllm_server.observe.metrics import ServerObserver
 from fedllm_server.state import ServerState
 
@@ -14,6 +15,7 @@ async def attach(state: ServerState) -> Endpoint | None:
     if not settings.enabled:
         return None
     observer = ServerObserver(state)
-    endpoint = await start_endpoint(settings, Routes(observer.registry, observer.status))
+    routes = Routes(observer.registry, observer.status, lambda: PAGE)
+    endpoint = await start_endpoint(settings, routes)
     state.metrics.listeners.append(observer.on_record)
     return endpoint
