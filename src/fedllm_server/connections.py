@@ -109,7 +109,12 @@ async def _admit(state: ServerState, peer: Peer, hello: Hello, client_id: str) -
         state.schedule.left(client_id)  # the new connection re-joins below (or never)
         await old.close("replaced by a new connection")
     session = ClientSession(
-        peer, client_id, hello.model_fingerprint, hello.sample_count, state.settings.send_queue
+        peer,
+        client_id,
+        hello.model_fingerprint,
+        hello.sample_count,
+        state.settings.send_queue,
+        bulk=state.bulk_gate,
     )
     await peer.send(_welcome(state, peer, client_id))  # registered only once this worked
     state.sessions[client_id] = session

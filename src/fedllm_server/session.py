@@ -22,6 +22,11 @@ from fedllm_proto.transport import Peer, PreparedMessage
 log = structlog.get_logger("fedllm.server.session")
 
 SEND_GRACE_S = 5.0  # how long a close waits for a message already being written
+# Sessions writing a big message (a broadcast global model) at the same time. Every writer
+# that is ready runs in the same turn of the loop, encrypting there, and each one in flight
+# holds TLS buffers: with 10,000 clients a few at a time bound both, and one slow client
+# still cannot hold the others up (it holds one of 16 places, up to the stall timeout).
+BULK_SENDERS = 16
 
 Outgoing: TypeAlias = Message | PreparedMessage
 
@@ -34,11 +39,22 @@ class SessionStats:
     bytes_in: int = 0  # payload bytes of accepted updates
 
 
+def bulk_gate() -> asyncio.Semaphore:
+    """The one gate a server's sessions share for big messages (see BULK_SENDERS)."""
+    return asyncio.Semaphore(BULK_SENDERS)
+
+
 class ClientSession:
     """A client connection after a successful Hello/Welcome."""
 
     def __init__(
-        self, peer: Peer, client_id: str, fingerprint: str, sample_count: int, queue_bound: int
+        self,
+        peer: Peer,
+        client_id: str,
+        fingerprint: str,
+        sample_count: int,
+        queue_bound: int,
+        bulk: asyncio.Semaphore | None = None,
     ) -> None:
         self.peer = peer
         self.client_id = client_id
@@ -50,6 +66,7 @@ class ClientSession:
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=queue_bound)
         self._writer: asyncio.Task[None] | None = None
         self._sending = False
+        self._bulk = bulk  # shared with every session of this server, if given
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._drain(), name=f"writer-{self.client_id}")
@@ -74,7 +91,8 @@ class ClientSession:
                 item = await self._outbox.get()
                 self._sending = True
                 if isinstance(item, PreparedMessage):
-                    await self.peer.send_prepared(item)
+                    async with self._bulk or contextlib.nullcontext():
+                        await self.peer.send_prepared(item)
                 else:
                     await self.peer.send(item)
                 self._sending = False

@@ -24,7 +24,7 @@ from fedllm_server.engine import Committed, Engine
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.metrics_log import MetricsLog
 from fedllm_server.schedule.base import Schedule
-from fedllm_server.session import ClientSession
+from fedllm_server.session import ClientSession, bulk_gate
 from fedllm_server.settings import ServerSettings
 from fedllm_server.tensors import TensorDict
 
@@ -82,6 +82,7 @@ class ServerState:
         self.prepared = prepared  # the current global model, encoded once
         self.metrics = metrics
         self.sessions: dict[str, ClientSession] = {}
+        self.bulk_gate = bulk_gate()  # every session's broadcast sends share it
         self.reports: asyncio.Queue[Published | None] = asyncio.Queue()
         self.wake = asyncio.Event()  # something changed: the scheduler polls again
         self.stopping = asyncio.Event()

@@ -30,7 +30,7 @@ from fedllm_proto.messages import (
     Update,
     Welcome,
 )
-from fedllm_proto.peer import INBOX_MESSAGES
+from fedllm_proto.peer import INBOX_MESSAGES, YIELD_BYTES
 from fedllm_proto.testing import example_tensors, hello, tensors_equal, update
 from fedllm_proto.transport import Peer, PeerClosed, Server, connect, prepare, run, serve
 
@@ -356,3 +356,45 @@ def test_revoked_client_is_refused_by_serve_and_others_still_join(pki: Any) -> N
         runs(main)
     refused = [e for e in logs if e["event"] == "peer_refused"]
     assert len(refused) == 1 and "revoked" in refused[0]["reason"]
+
+
+def test_a_big_send_to_a_fast_reader_still_gives_the_loop_turns() -> None:
+    """A write that never blocks (the peer reads as fast as we write) must not hold the loop:
+    a broadcast wrote every client's whole model in one turn, and no join or heartbeat was
+    served meanwhile (bench/scale.py)."""
+    size = 4 << 20
+    turns_during_send: list[int] = []
+
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send(Welcome(peer.protocol_version, "c", "gsfs", {}, 0, 5.0))
+        transport = peer._proto.transport
+        assert transport is not None
+        transport.set_write_buffer_limits(high=1 << 30)  # never paused: writable all along
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)
+        before = turns
+        await peer.send(GlobalModel(1, {"w": np.zeros(size // 4, np.float32)}))
+        turns_during_send.append(turns - before)
+        counter.cancel()
+        await peer.recv()  # until the client leaves
+
+    async def main() -> None:
+        server = await serve(on_peer)
+        peer = await greeted(server.sockets[0].getsockname()[1])
+        msg = await peer.recv()
+        assert isinstance(msg, GlobalModel) and msg.tensors["w"].nbytes == size
+        await peer.close()
+        server.close()
+
+    with capture_logs():
+        runs(main)
+    assert turns_during_send[0] >= size // YIELD_BYTES // 2
