@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import ssl
 import time
@@ -275,10 +274,6 @@ def _announce(state: ServerState, restored: Restored, port: int, tls: Tls) -> No
         strategy=settings.strategy.name,
         model_version=state.engine.version,
     )
-    # What start-up built (torch, the model, the tokenizer: ~460k objects) lives as long as
-    # the process. Out of the cyclic GC's reach, each full collection stops walking it on the
-    # loop's thread: 234 ms of every full collection, measured on the default model.
-    gc.freeze()
     notify("READY=1")
 
 
