@@ -21,6 +21,7 @@ import ssl
 
 import structlog
 
+from fedllm_client import observe
 from fedllm_client.backoff import Backoff
 from fedllm_client.learner import Learner
 from fedllm_client.refusal import Refused, ServerCertificateRejected, bye_refusal, tls_refusal
@@ -29,6 +30,7 @@ from fedllm_client.settings import ClientSettings
 from fedllm_client.worker_thread import WorkerThread
 from fedllm_core import systemd
 from fedllm_core.errors import ExitCode, FedllmError
+from fedllm_core.observe_http import Endpoint
 from fedllm_proto.messages import Bye, ByeCode
 from fedllm_proto.tls import client_context
 from fedllm_proto.transport import PeerClosed, connect
@@ -69,8 +71,10 @@ class ClientDaemon:
         ctx = tls_context(self.settings)  # bad certificates fail here (exit 77)
         self._install_signals()
         watchdog = asyncio.create_task(_watchdog())
+        endpoint: Endpoint | None = None
         try:
             self.learner = await self.worker.run(Learner.open, self.settings)
+            endpoint = await observe.attach(self.learner)  # [metrics]; None when off
             systemd.notify("READY=1\nSTATUS=connecting")
             log.info("client_started", state_dir=str(self.settings.state_dir))
             try:
@@ -82,6 +86,8 @@ class ClientDaemon:
             return 0
         finally:
             watchdog.cancel()
+            if endpoint is not None:
+                await endpoint.close()
             self.worker.shutdown()
 
     def _install_signals(self) -> None:

@@ -10,6 +10,7 @@ with ``read_metrics``, which also reads files written before the shared shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ class MetricsLog:
         self.client = client
         self.model_version = -1
         self._file = MetricsFile(path, "client") if path is not None else None
+        # the `[metrics]` endpoint's counters read the same records (fedllm_client.observe)
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def write(self, kind: str, **fields: Any) -> None:
+        for listener in self.listeners:
+            listener(kind, fields)
         if self._file is None:
             return
         context = {"client": self.client, "model_version": self.model_version}

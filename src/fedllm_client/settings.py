@@ -19,6 +19,7 @@ from fedllm_client.backoff import BackoffSettings
 from fedllm_client.trigger import TriggerSettings
 from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
+from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.settings import FrozenSettings, load_settings
 from fedllm_core.training import TrainSettings
 
@@ -115,6 +116,8 @@ class ClientSettings(FrozenSettings):
     final_eval: FinalEvalSettings = _default(FinalEvalSettings)
     # A poisoned client for defence experiments only (fedllm_client.attack); off by default.
     attack: AttackSettings = _default(AttackSettings)
+    # Local HTTP endpoint: Prometheus /metrics (docs/metrics.md); off by default.
+    metrics: MetricsEndpointSettings = _default(MetricsEndpointSettings)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ClientSettings:
