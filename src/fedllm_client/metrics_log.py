@@ -14,9 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from fedllm_core.metrics_record import MetricsFile, read_metrics
 
 __all__ = ["MetricsLog", "read_metrics"]
+log = structlog.get_logger("fedllm.client")
 
 
 class MetricsLog:
@@ -32,7 +35,10 @@ class MetricsLog:
 
     def write(self, kind: str, **fields: Any) -> None:
         for listener in self.listeners:
-            listener(kind, fields)
+            try:
+                listener(kind, fields)
+            except Exception:  # a live view must never stop training or the link
+                log.exception("metrics_listener_failed", kind=kind)
         if self._file is None:
             return
         context = {"client": self.client, "model_version": self.model_version}
