@@ -39,9 +39,10 @@ import structlog
 from fedllm_core.certs import PkiPaths, make_federation_pki
 from fedllm_proto import tls
 from fedllm_proto.messages import PROTOCOL_VERSIONS, GlobalModel, Hello, Welcome
+from fedllm_proto.timeouts import CLIENT, SERVER
 from fedllm_proto.transport import Peer, PeerClosed, connect, run, serve
 from fedllm_server.broadcast import encode_global, fan_out
-from fedllm_server.session import ClientSession
+from fedllm_server.session import ClientSession, bulk_gate
 
 MB = 1_000_000
 FINGERPRINT = "bench"
@@ -60,7 +61,7 @@ def global_state(size_mb: float, seed: int = 0) -> dict[str, np.ndarray]:
 async def _client(
     host: str, port: int, ctx: Any, got: dict[int, int], changed: asyncio.Event
 ) -> None:
-    peer = await connect(host, port, ctx, "localhost", idle_timeout_s=120.0)
+    peer = await connect(host, port, ctx, "localhost", timeouts=CLIENT.but(idle_s=120.0))
     await peer.send(Hello(PROTOCOL_VERSIONS, FINGERPRINT, (), 1, -1))
     await peer.recv()  # Welcome
     try:
@@ -111,11 +112,12 @@ class BenchServer:
         self.sessions: dict[int, ClientSession] = {}
         self.joined = asyncio.Event()
         self.want = 0
+        self.bulk = bulk_gate()  # shared by every session, as the daemon's ServerState holds it
 
     async def on_peer(self, peer: Peer) -> None:
         await peer.recv()  # Hello
         await peer.send(Welcome(peer.protocol_version, "bench", "bench", {}, 0, 5.0))
-        session = ClientSession(peer, str(id(peer)), FINGERPRINT, 1, queue_bound=4)
+        session = ClientSession(peer, str(id(peer)), FINGERPRINT, 1, 4, self.bulk)
         session.start()
         self.sessions[id(peer)] = session
         if len(self.sessions) >= self.want:
@@ -127,7 +129,7 @@ async def _one_mode(n: int, size_mb: float, repeats: int, pki: PkiPaths | None) 
     bench = BenchServer()
     bench.want = n
     ctx = None if pki is None else tls.server_context(pki.ca_cert, pki.server_cert, pki.server_key)
-    server = await serve(bench.on_peer, "127.0.0.1", 0, ctx, idle_timeout_s=120.0)
+    server = await serve(bench.on_peer, "127.0.0.1", 0, ctx, timeouts=SERVER.but(idle_s=120.0))
     port = server.sockets[0].getsockname()[1]
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(target=clients_process, args=(n, port, pki, child))

@@ -34,6 +34,7 @@ from fedllm_proto import tls
 from fedllm_proto.codec import Encoding
 from fedllm_proto.limits import Limits
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Ack, Hello, TriggerReason, Update, Welcome
+from fedllm_proto.timeouts import SERVER
 from fedllm_proto.transport import Peer, connect, run, serve
 
 MB = 1_000_000
@@ -101,7 +102,9 @@ class _BareInto(asyncio.BufferedProtocol):
 
 async def _serve_both(pki: PkiPaths, ports: Any) -> None:
     ctx = tls.server_context(pki.ca_cert, pki.server_cert, pki.server_key)
-    stack = await serve(_stack_peer, "127.0.0.1", 0, ssl_context=ctx, idle_timeout_s=None)
+    stack = await serve(
+        _stack_peer, "127.0.0.1", 0, ssl_context=ctx, timeouts=SERVER.but(idle_s=None)
+    )
     bare = await asyncio.start_server(_bare_conn, "127.0.0.1", 0, ssl=ctx)
     into = await asyncio.get_running_loop().create_server(_BareInto, "127.0.0.1", 0, ssl=ctx)
     ports.send(tuple(s.sockets[0].getsockname()[1] for s in (stack, bare, into)))

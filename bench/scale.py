@@ -55,6 +55,7 @@ from fedllm_proto import tls
 from fedllm_proto.connection import Connection
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Heartbeat, Hello, Welcome
 from fedllm_proto.states import Role, State
+from fedllm_proto.timeouts import CLIENT, SERVER
 from fedllm_proto.transport import Peer, PeerClosed, connect, run, serve
 from fedllm_server.broadcast import encode_global, fan_out
 from fedllm_server.session import ClientSession, bulk_gate
@@ -220,7 +221,9 @@ async def _probe_main(port: int, pki: PkiPaths, pipe: Pipe) -> None:
     while not pipe.poll():
         start = time.perf_counter()
         try:  # a join that fails (connect timeout, lost link) is counted, not fatal
-            peer = await connect("127.0.0.1", port, ctx, "localhost", idle_timeout_s=SAFETY_S)
+            peer = await connect(
+                "127.0.0.1", port, ctx, "localhost", timeouts=CLIENT.but(idle_s=SAFETY_S)
+            )
             await peer.send(Hello(PROTOCOL_VERSIONS, FINGERPRINT, (), 1, -1))
             await asyncio.wait_for(peer.recv(), SAFETY_S)  # Welcome
             times.append(time.perf_counter() - start)
@@ -354,8 +357,7 @@ async def _one_run(n: int, size_mb: float, broadcasts: int, pki: PkiPaths) -> di
         "127.0.0.1",
         0,
         ctx,
-        heartbeat_interval_s=HEARTBEAT_S,
-        idle_timeout_s=6 * HEARTBEAT_S,
+        timeouts=SERVER.but(heartbeat_s=HEARTBEAT_S, idle_s=6 * HEARTBEAT_S),
     )
     port = server.sockets[0].getsockname()[1]
     parent, child = mp.Pipe()

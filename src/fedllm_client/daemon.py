@@ -32,11 +32,14 @@ from fedllm_core import systemd
 from fedllm_core.errors import ExitCode, FedllmError
 from fedllm_core.observe_http import Endpoint
 from fedllm_proto.messages import Bye, ByeCode
+from fedllm_proto.timeouts import CLIENT
 from fedllm_proto.tls import client_context
 from fedllm_proto.transport import PeerClosed, connect
 
 log = structlog.get_logger("fedllm.client")
-CONNECT_TIMEOUT_S = 20.0
+# The link's deadlines (fedllm_proto.timeouts): TCP + TLS may take up to 20 s over a slow
+# edge uplink; the heartbeat interval comes from the server's Welcome.
+LINK_TIMEOUTS = CLIENT.but(tls_handshake_s=20.0)
 # What a lost or refused connection looks like (the server's fault or the network's): connect()
 # raises the OS/TLS/timeout errors, a live Peer only PeerClosed. Anything else, our own
 # LocalProtocolError included, is a bug and ends the daemon (exit 1).
@@ -127,11 +130,12 @@ class ClientDaemon:
             "connecting", host=server.host, port=server.port, attempt=self.backoff.failures + 1
         )
         try:
-            peer = await asyncio.wait_for(
-                connect(
-                    server.host, server.port, ssl_context=ctx, server_hostname=server.server_name
-                ),
-                timeout=CONNECT_TIMEOUT_S,
+            peer = await connect(
+                server.host,
+                server.port,
+                ssl_context=ctx,
+                server_hostname=server.server_name,
+                timeouts=LINK_TIMEOUTS,
             )
         except CONNECTION_ERRORS as exc:
             _raise_if_refused(exc)

@@ -22,16 +22,16 @@ from fedllm_proto.connection import Connection, ConnectionClosed
 from fedllm_proto.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from fedllm_proto.messages import Bye, ByeCode, Error, Message
 from fedllm_proto.states import State
+from fedllm_proto.timeouts import Timeouts
 from fedllm_proto.wire import Buffer, EncodedMessage
 
 log = structlog.get_logger("fedllm.transport")
 INBOX_MESSAGES = 4  # received messages queued before we stop reading (bounded memory)
-LINGER_S = 2.0  # how long a failed peer may read our Error frame before we close
-CLOSE_FLUSH_S = 5.0  # how long a closing peer may take to receive what we still had buffered
-# Largest single transport.write: one TLS record. What the TLS layer buffers per write stays
-# in the process after a broadcast: server RSS per client after broadcasts to 2,000 clients
-# was 127-138 KiB with 64 KiB-1 MiB slices, 87 KiB with 16 KiB (bench/scale.py).
-WRITE_SLICE = 16 << 10
+# Largest single transport.write. Smaller slices bound what the TLS layer buffers per
+# connection (server RSS per client after broadcasts to 2,000 clients: 87 KiB with 16 KiB
+# slices, 127-138 KiB with 64 KiB-1 MiB) but cost a call each: 16 KiB slices made a 4 MB
+# broadcast to 500 clients 1.5x slower (bench/broadcast.py), so throughput wins here.
+WRITE_SLICE = 256 << 10
 YIELD_BYTES = 256 << 10  # a writer gives the loop a turn at least this often (see write)
 # Where a dead connection's remaining bytes go: one for all (they are never read), because
 # 64 KiB per connection was a third of the server's memory per client at 10,000 clients.
@@ -76,7 +76,8 @@ _Item = Message | BaseException
 
 
 class WireProtocol(asyncio.BufferedProtocol):
-    def __init__(self, conn: Connection, address: str = "?") -> None:
+    def __init__(self, conn: Connection, timeouts: Timeouts, address: str = "?") -> None:
+        self.timeouts = timeouts
         self.conn = conn
         self.address = address
         self.transport: asyncio.Transport | None = None
@@ -191,13 +192,12 @@ class WireProtocol(asyncio.BufferedProtocol):
         kind = "idle" if exc.code is ErrorCode.IDLE_TIMEOUT else "protocol"
         self._push(PeerClosed(f"{event}: {exc.detail}", cause=exc, kind=kind))
 
-    @staticmethod
-    def _close_after_error(transport: asyncio.Transport) -> None:
+    def _close_after_error(self, transport: asyncio.Transport) -> None:
         # Closing with unread input makes the kernel send RST, which can destroy our Error
         # frame before the peer reads it: half-close, keep discarding input, close later.
         if transport.can_write_eof():
             transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+            asyncio.get_running_loop().call_later(self.timeouts.linger_s, transport.close)
         else:
             transport.close()
 
@@ -257,13 +257,13 @@ def _now() -> float:
 class Peer:
     """One connected peer: send/recv typed messages; heartbeats and idle handled inside."""
 
-    def __init__(self, proto: WireProtocol, peer_id: str, idle_timeout_s: float | None) -> None:
+    def __init__(self, proto: WireProtocol, peer_id: str) -> None:
         self._proto = proto
         self._conn = proto.conn
         self.peer_id = peer_id  # client id from the certificate CN ("" on plain TCP)
         self.address = proto.address
         self.bytes_sent = 0
-        self._idle_timeout_s = idle_timeout_s
+        self._timeouts = proto.timeouts
         self._lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
         self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
@@ -306,7 +306,7 @@ class Peer:
             raise PeerClosed("connection is closed", kind="closed")
 
     async def _write(self, buffers: list[Buffer]) -> None:
-        self.bytes_sent += await self._proto.write(buffers, self._idle_timeout_s)
+        self.bytes_sent += await self._proto.write(buffers, self._timeouts.idle_s)
         # A send can change the state (and so whether and when a heartbeat is due): re-arm.
         self._proto.timer_kick.set()
 
@@ -327,7 +327,7 @@ class Peer:
 
         ``code`` tells the peer why (restarting, finished, revoked, ...); the first call's wins.
 
-        Returns once what we still had buffered has gone out (bounded by CLOSE_FLUSH_S). Safe
+        Returns once what we still had buffered has gone out (bounded by ``close_flush_s``). Safe
         to call more than once and from several tasks: later calls wait for the first close
         instead of returning while it is still flushing.
         """
@@ -338,7 +338,7 @@ class Peer:
     async def _close(self, reason: str, code: ByeCode) -> None:
         transport = self._proto.transport
         try:
-            async with asyncio.timeout(5.0):
+            async with asyncio.timeout(self._timeouts.bye_s):
                 async with self._lock:
                     if self._conn.state not in (State.CLOSED, State.ERROR, State.IDLE):
                         bye = Bye(reason[:4096], code)
@@ -355,9 +355,9 @@ class Peer:
         # of a model). A caller that returns and ends its event loop next (a daemon shutting
         # down) would drop it: the peer then sees a lost connection instead of a Bye, and a
         # client reconnects forever. So wait until it is gone; a peer that stopped reading is
-        # cut off after CLOSE_FLUSH_S.
+        # cut off after ``close_flush_s``.
         try:
-            await asyncio.wait_for(asyncio.shield(self._proto.lost), CLOSE_FLUSH_S)
+            await asyncio.wait_for(asyncio.shield(self._proto.lost), self._timeouts.close_flush_s)
         except TimeoutError:
             transport.abort()
 

@@ -25,14 +25,24 @@ from fedllm_proto.connection import Connection
 from fedllm_proto.errors import ErrorCode, ProtocolError
 from fedllm_proto.limits import Limits
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Message
-from fedllm_proto.peer import CLOSE_FLUSH_S, Peer, PeerClosed, WireProtocol, log
+from fedllm_proto.peer import Peer, PeerClosed, WireProtocol, log
 from fedllm_proto.states import Role
+from fedllm_proto.timeouts import CLIENT, SERVER, Timeouts
 from fedllm_proto.wire import EncodedMessage, encode_message
 
-__all__ = ["Peer", "PeerClosed", "PreparedMessage", "Server", "connect", "prepare", "run", "serve"]
+__all__ = [
+    "Peer",
+    "PeerClosed",
+    "PreparedMessage",
+    "Server",
+    "Timeouts",
+    "connect",
+    "prepare",
+    "run",
+    "serve",
+]
 OnPeer = Callable[[Peer], Awaitable[None]]
 T = TypeVar("T")
-HANDSHAKE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +80,19 @@ def _address(transport: asyncio.BaseTransport) -> str:  # "host:port" for the lo
 class _ServerConfig:
     on_peer: OnPeer
     ssl_context: ssl.SSLContext | None
-    heartbeat_interval_s: float | None
-    idle_timeout_s: float | None
+    timeouts: Timeouts
     limits: Limits
     revocation: tls.RevocationList | None
-    handshake_timeout_s: float
 
     def protocol(self) -> WireProtocol:
         conn = Connection(
             Role.SERVER,
             limits=self.limits,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            idle_timeout_s=self.idle_timeout_s,
+            heartbeat_interval_s=self.timeouts.heartbeat_s,
+            idle_timeout_s=self.timeouts.idle_s,
             now=asyncio.get_running_loop().time(),
         )
-        return WireProtocol(conn)
+        return WireProtocol(conn, self.timeouts)
 
 
 class Server(asyncio.AbstractServer):
@@ -145,7 +153,7 @@ class Server(asyncio.AbstractServer):
         if opened is None:
             return
         proto, peer_id = opened
-        peer = Peer(proto, peer_id, self._cfg.idle_timeout_s)
+        peer = Peer(proto, peer_id)
         log.info("peer_connected", address=address, peer_id=peer_id)
         try:
             await self._cfg.on_peer(peer)
@@ -159,7 +167,8 @@ class Server(asyncio.AbstractServer):
         cfg = self._cfg
         tls_args: dict[str, Any] = {}
         if cfg.ssl_context is not None:
-            tls_args = {"ssl": cfg.ssl_context, "ssl_handshake_timeout": cfg.handshake_timeout_s}
+            deadline = cfg.timeouts.tls_handshake_s
+            tls_args = {"ssl": cfg.ssl_context, "ssl_handshake_timeout": deadline}
         transport: asyncio.BaseTransport | None = None
         proto = cfg.protocol()
         proto.address = address
@@ -189,11 +198,11 @@ async def _tell_unauthorized(proto: WireProtocol, reason: str) -> None:
     Error(UNAUTHORIZED) tells it that retrying cannot help. ``fail`` logs ``peer_refused``,
     writes the frame and closes (for TLS: close_notify, while still reading and discarding what
     the client sends, so no RST destroys the frame). A client that never answers the closure
-    is cut off after CLOSE_FLUSH_S.
+    is cut off after ``close_flush_s``.
     """
     proto.fail(ProtocolError(ErrorCode.UNAUTHORIZED, reason), "peer_refused")
     try:
-        await asyncio.wait_for(asyncio.shield(proto.lost), CLOSE_FLUSH_S)
+        await asyncio.wait_for(asyncio.shield(proto.lost), proto.timeouts.close_flush_s)
     except TimeoutError:
         if proto.transport is not None:
             proto.transport.abort()
@@ -210,26 +219,17 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
-    heartbeat_interval_s: float | None = 5.0,
-    idle_timeout_s: float | None = 30.0,
+    *,
+    timeouts: Timeouts = SERVER,
     limits: Limits | None = None,
     revocation: tls.RevocationList | None = None,
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Server:
     """Listen; run ``on_peer(peer)`` as its own task per accepted, authorised connection.
 
     The peer is closed (Bye) when ``on_peer`` returns. ``ssl_context=None`` means plain TCP.
     Raises OSError when the address cannot be bound.
     """
-    cfg = _ServerConfig(
-        on_peer,
-        ssl_context,
-        heartbeat_interval_s,
-        idle_timeout_s,
-        limits or Limits(),
-        revocation,
-        handshake_timeout_s,
-    )
+    cfg = _ServerConfig(on_peer, ssl_context, timeouts, limits or Limits(), revocation)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=256)
     sock.setblocking(False)
@@ -243,10 +243,8 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     *,
-    idle_timeout_s: float | None = 30.0,
-    heartbeat_interval_s: float | None = None,
+    timeouts: Timeouts = CLIENT,
     limits: Limits | None = None,
-    connect_timeout_s: float = HANDSHAKE_TIMEOUT_S,
 ) -> Peer:
     """Connect (TLS when ``ssl_context`` is given). The heartbeat interval defaults to the
     one the server announces in Welcome. Raises OSError / ssl.SSLError / TimeoutError."""
@@ -254,18 +252,18 @@ async def connect(
     conn = Connection(
         Role.CLIENT,
         limits=limits or Limits(),
-        heartbeat_interval_s=heartbeat_interval_s,
-        idle_timeout_s=idle_timeout_s,
+        heartbeat_interval_s=timeouts.heartbeat_s,
+        idle_timeout_s=timeouts.idle_s,
         now=loop.time(),
     )
     tls_args: dict[str, Any] = {}
     if ssl_context is not None:
         tls_args = {"ssl": ssl_context, "server_hostname": server_hostname or host}
-    proto = WireProtocol(conn)
-    async with asyncio.timeout(connect_timeout_s):
+    proto = WireProtocol(conn, timeouts)
+    async with asyncio.timeout(timeouts.tls_handshake_s):
         transport, _ = await loop.create_connection(lambda: proto, host, port, **tls_args)
     proto.address = _address(transport)
-    return Peer(proto, _server_identity(transport), idle_timeout_s)
+    return Peer(proto, _server_identity(transport))
 
 
 def _server_identity(transport: asyncio.BaseTransport) -> str:

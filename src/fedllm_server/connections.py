@@ -68,7 +68,7 @@ def _log_link_end(client_id: str, exc: PeerClosed) -> None:
 
 
 async def _handshake(state: ServerState, peer: Peer) -> ClientSession | None:
-    timeout = state.settings.handshake_timeout_s
+    timeout = state.settings.timeouts.hello_s
     try:
         hello = await asyncio.wait_for(peer.recv(), timeout)
     except (PeerClosed, TimeoutError) as exc:  # TimeoutError: no Hello within the deadline

@@ -230,8 +230,7 @@ async def _start_locked(
             host=settings.host,
             port=settings.port,
             ssl_context=tls.context,
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-            idle_timeout_s=settings.idle_timeout_s,
+            timeouts=settings.timeouts,
             revocation=tls.revocation,
             limits=limits_for_model(state.engine.global_tensors),  # no Update past it
         )

@@ -17,6 +17,7 @@ from fedllm_core.data import DataSettings
 from fedllm_core.model import ModelSettings
 from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.settings import FrozenSettings
+from fedllm_proto.timeouts import Timeouts
 from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.strategies.registry import StrategySettings
@@ -99,6 +100,9 @@ class ServerSettings(FrozenSettings):
         default=30.0, gt=0, description="drop a peer silent for this long"
     )
     handshake_timeout_s: float = Field(default=15.0, gt=0, description="time allowed for Hello")
+    tls_handshake_timeout_s: float = Field(
+        default=10.0, gt=0, description="time allowed for the TLS handshake (silent peers)"
+    )
     send_queue: int = Field(
         default=4, ge=1, description="messages queued per client before dropping it"
     )
@@ -111,6 +115,16 @@ class ServerSettings(FrozenSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     # Local HTTP endpoint: Prometheus /metrics, /status, the dashboard (docs/metrics.md).
     metrics: MetricsEndpointSettings = Field(default_factory=MetricsEndpointSettings)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """Every deadline of a client link, from these settings (fedllm_proto.timeouts)."""
+        return Timeouts(
+            tls_handshake_s=self.tls_handshake_timeout_s,
+            hello_s=self.handshake_timeout_s,
+            heartbeat_s=self.heartbeat_interval_s,
+            idle_s=self.idle_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerSettings:

@@ -25,6 +25,7 @@ from fedllm_proto.messages import (
     Update,
     Welcome,
 )
+from fedllm_proto.timeouts import SERVER
 from fedllm_proto.transport import Peer, PeerClosed, serve
 
 TensorDict = dict[str, np.ndarray]
@@ -55,8 +56,7 @@ class Scripted:
             self.on_peer,
             port=port,
             ssl_context=ctx,
-            heartbeat_interval_s=0.25,
-            idle_timeout_s=idle_s,
+            timeouts=SERVER.but(heartbeat_s=0.25, idle_s=idle_s),
         )
         return int(self.server.sockets[0].getsockname()[1])
 

@@ -34,6 +34,7 @@ SANS_IO = [
     "fedllm_proto.reader",
     "fedllm_proto.states",
     "fedllm_proto.connection",
+    "fedllm_proto.timeouts",
     "fedllm_proto.testing",
 ]
 FORBIDDEN = ["asyncio", "ssl", "socket", "torch"]  # never loaded by the sans-I/O core

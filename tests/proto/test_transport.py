@@ -32,6 +32,7 @@ from fedllm_proto.messages import (
 )
 from fedllm_proto.peer import INBOX_MESSAGES, YIELD_BYTES
 from fedllm_proto.testing import example_tensors, hello, tensors_equal, update
+from fedllm_proto.timeouts import CLIENT, SERVER
 from fedllm_proto.transport import Peer, PeerClosed, Server, connect, prepare, run, serve
 
 SAFETY_S = 20.0
@@ -202,8 +203,9 @@ def test_bad_peer_is_logged_and_dropped_while_a_good_client_keeps_working(kind: 
 
 def test_silent_peer_is_timed_out_while_a_heartbeating_client_stays() -> None:
     async def main() -> None:
-        server, port, _got = await echo_server(idle_timeout_s=0.5, heartbeat_interval_s=0.1)
-        good = await greeted(port, idle_timeout_s=5.0)  # heartbeats every 0.1 s (from Welcome)
+        server, port, _got = await echo_server(timeouts=SERVER.but(idle_s=0.5, heartbeat_s=0.1))
+        # heartbeats every 0.1 s (from Welcome)
+        good = await greeted(port, timeouts=CLIENT.but(idle_s=5.0))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await reader.read() != b""  # silent: the server sends an Error and closes
         await good.send(update())
@@ -222,8 +224,9 @@ def test_client_recv_raises_peer_closed_idle_when_the_server_goes_silent() -> No
         async def on_peer(peer: Peer) -> None:
             await asyncio.sleep(SAFETY_S)  # never answers, never heartbeats
 
-        server = await serve(on_peer, heartbeat_interval_s=None)
-        peer = await connect("127.0.0.1", server.sockets[0].getsockname()[1], idle_timeout_s=0.3)
+        server = await serve(on_peer, timeouts=SERVER.but(heartbeat_s=None))
+        port = server.sockets[0].getsockname()[1]
+        peer = await connect("127.0.0.1", port, timeouts=CLIENT.but(idle_s=0.3))
         await peer.send(hello())
         with pytest.raises(PeerClosed) as err:
             await peer.recv()

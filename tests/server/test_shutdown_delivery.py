@@ -21,6 +21,7 @@ import numpy as np
 from fedllm_core.certs import PkiPaths
 from fedllm_proto import tls
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, Welcome
+from fedllm_proto.timeouts import CLIENT, SERVER
 from fedllm_proto.transport import Peer, PeerClosed, connect, run, serve
 from fedllm_server.broadcast import encode_global, fan_out
 from fedllm_server.session import ClientSession
@@ -44,7 +45,7 @@ async def _serve_once_and_exit(paths: PkiPaths, port_out: Queue[int]) -> None:
             joined.set()
         await session.closed.wait()
 
-    server = await serve(on_peer, "127.0.0.1", 0, ctx, idle_timeout_s=60.0)
+    server = await serve(on_peer, "127.0.0.1", 0, ctx, timeouts=SERVER.but(idle_s=60.0))
     port_out.put(server.sockets[0].getsockname()[1])
     await joined.wait()
     fan_out(sessions, await encode_global(1, {"w": np.ones(MODEL_FLOATS, np.float32)}))
@@ -57,7 +58,7 @@ def _server_process(paths: PkiPaths, port_out: Queue[int]) -> None:
 
 
 async def _what_one_client_saw(port: int, ctx: ssl.SSLContext) -> tuple[list[str], str]:
-    peer = await connect("127.0.0.1", port, ctx, "localhost", idle_timeout_s=60.0)
+    peer = await connect("127.0.0.1", port, ctx, "localhost", timeouts=CLIENT.but(idle_s=60.0))
     await peer.send(Hello(PROTOCOL_VERSIONS, "fp", (), 1, -1))
     await peer.recv()  # Welcome
     got: list[str] = []
