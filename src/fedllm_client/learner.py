@@ -20,6 +20,7 @@ import structlog
 
 from fedllm_client import trigger as policy
 from fedllm_client.attack import poison_delta
+from fedllm_client.compression import Choice, Compressor
 from fedllm_client.local_model import LocalModel, StepResult
 from fedllm_client.metrics_log import MetricsLog
 from fedllm_client.progress import Progress
@@ -29,7 +30,7 @@ from fedllm_client.synthetic_model import SyntheticModel
 from fedllm_core.data import load_client_data
 from fedllm_core.energy import EnergyMeter
 from fedllm_core.model import model_fingerprint
-from fedllm_proto.codec import Encoding, TensorDict
+from fedllm_proto.codec import TensorDict
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, TriggerReason, Update
 
 log = structlog.get_logger("fedllm.client")
@@ -45,6 +46,7 @@ class PendingUpload:
     trigger_state: policy.TriggerState | None
     layers: list[str]
     final: bool = False  # the one upload after the budget is spent
+    compression: Choice | None = None  # how it is encoded; its residual is kept once sent
 
 
 class Learner:
@@ -66,6 +68,10 @@ class Learner:
         self._since_persist = 0
         self._last_validation: dict[str, float] = {}
         self.progress = Progress(settings.max_total_steps)  # STATUS= and training_progress
+        up = settings.upload
+        self.compressor = Compressor(
+            up.encoding, up.error_budget, up.raw_below_s, up.error_feedback
+        )
 
     @classmethod
     def open(cls, settings: ClientSettings) -> Learner:
@@ -256,6 +262,7 @@ class Learner:
             layers = self._significant(delta)
             groups = self.model.layers()
             delta = {name: delta[name] for layer in layers for name in groups[layer]}
+        choice = self.compressor.choose(delta, self.state.base_version)
         update = Update(
             update_id=uuid.uuid4().hex,
             base_version=self.state.base_version,
@@ -263,10 +270,10 @@ class Learner:
             sample_count=self.model.sample_count,
             trigger=reason,
             metrics=self._update_metrics(),
-            tensors=delta,
-            encoding=Encoding(self.settings.upload.encoding),
+            tensors=choice.tensors,
+            encoding=choice.encoding,
         )
-        return PendingUpload(update, decision, trigger_state, layers)
+        return PendingUpload(update, decision, trigger_state, layers, compression=choice)
 
     def _significant(self, delta: TensorDict) -> list[str]:
         assert self.state.base is not None
@@ -283,9 +290,12 @@ class Learner:
             out["loss"] = _mean(self._losses)
         return out
 
-    def uploaded(self, pending: PendingUpload, nbytes: int) -> None:
-        """The update is on the wire: commit counters and the trigger's new reference point."""
+    def uploaded(self, pending: PendingUpload, nbytes: int, seconds: float = 0.0) -> None:
+        """The update is on the wire (``nbytes`` in ``seconds``): commit counters, the
+        trigger's new reference point and the compressor's residual."""
         s, u = self.state, pending.update
+        if pending.compression is not None:
+            self.compressor.commit(pending.compression, nbytes, seconds)
         s.uploads += 1
         s.bytes_up += nbytes
         s.steps_since_upload = 0
@@ -310,6 +320,7 @@ class Learner:
             layers=len(pending.layers),
             layers_total=len(self.model.layers()),
             encoding=u.encoding.value,
+            **_compression_fields(pending.compression),
             **fields,
         )
         self.persist()
@@ -401,3 +412,13 @@ def _layer_change_norms(
 ) -> dict[str, float]:
     diff = {name: current[name] - before[name] for name in current}
     return _group_norms(groups, diff)
+
+
+def _compression_fields(choice: Choice | None) -> dict[str, object]:
+    if choice is None:
+        return {}
+    return {
+        "raw_bytes": choice.raw_bytes,
+        "encoding_error": round(choice.relative_error, 6),
+        "encoding_reason": choice.reason,
+    }

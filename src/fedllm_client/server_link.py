@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -232,9 +233,9 @@ class ServerLink:
     # ------------------------------------------------------------------ sending
     async def _send_update(self, pending: PendingUpload) -> None:
         async with self._send_lock:  # see _cancel: an upload sent is an upload counted
-            before = self.peer.bytes_sent
+            before, started = self.peer.bytes_sent, time.perf_counter()
             await self._send(pending.update)
-            nbytes = self.peer.bytes_sent - before
+            nbytes, seconds = self.peer.bytes_sent - before, time.perf_counter() - started
             log.info(
                 "update_sent",
                 update_id=pending.update.update_id,
@@ -242,7 +243,7 @@ class ServerLink:
                 bytes=nbytes,
                 base_version=pending.update.base_version,
             )
-            await self.worker.run(self.learner.uploaded, pending, nbytes)
+            await self.worker.run(self.learner.uploaded, pending, nbytes, seconds)
 
     async def _send(self, update: Update) -> None:
         # a dead link raises PeerClosed (the link ends, the daemon reconnects); a

@@ -47,7 +47,14 @@ class TlsSettings(FrozenSettings):
 class UploadSettings(FrozenSettings):
     # raw is exact; fp16 halves, int8 quarters, topk sparsifies (all lossy). GSFS partial
     # updates (only significant layers) are set in [trigger] (partial_updates).
-    encoding: Literal["raw", "fp16", "int8", "topk"] = "raw"
+    # "adaptive": per upload, the fewest bytes within error_budget (fedllm_client/compression.py)
+    encoding: Literal["raw", "fp16", "int8", "topk", "adaptive"] = "raw"
+    # adaptive: largest relative reconstruction error ||rebuilt - delta|| / ||delta|| allowed
+    error_budget: float = Field(default=0.05, gt=0, le=1)
+    # adaptive: send raw when the measured link would take at most this long for it (0: never)
+    raw_below_s: float = Field(default=0.0, ge=0)
+    # lossy encodings: add what the last upload dropped to the next one (error feedback)
+    error_feedback: bool = True
 
 
 class SyntheticSettings(FrozenSettings):

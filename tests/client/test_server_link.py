@@ -4,6 +4,7 @@ GSFS uploads and broadcasts, FedAvg rounds, reconnect with backoff after the ser
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,28 @@ def test_lossy_upload_encoding_reaches_the_server_decoded(pki: Any, tmp_path: Pa
         "int8",
         {"float32"},
     )
+
+
+def test_adaptive_upload_picks_a_lossy_encoding_within_its_budget(
+    pki: Any, tmp_path: Path
+) -> None:
+    async def main() -> tuple[Scripted, ClientSettings]:
+        server = Scripted("fedavg", _initial_theta(tiny_settings(tmp_path / "p")), quorum=1)
+        server.stop_after = 1
+        port = await server.start(pki.server_context())
+        upload = {"encoding": "adaptive", "error_budget": 0.05}
+        client = _client(pki, tmp_path, "client-1", 0, port, upload=upload)
+        await ClientDaemon(client).run()
+        return server, client
+
+    server, client = asyncio.run(main())
+    update = server.updates[0][1]
+    assert update.encoding.value in ("fp16", "int8", "topk")  # a tiny LoRA delta is dense
+    records = [json.loads(line) for line in client.metrics_path.read_text().splitlines()]
+    (sent,) = [r for r in records if r["kind"] == "upload"]
+    assert sent["encoding"] == update.encoding.value
+    assert 0 < sent["encoding_error"] <= 0.05 and sent["encoding_reason"] == "budget"
+    assert sent["bytes"] < sent["raw_bytes"]
 
 
 def test_unknown_strategy_is_refused_not_retried(tmp_path: Path) -> None:

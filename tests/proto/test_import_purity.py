@@ -72,6 +72,7 @@ GROUPS = {
     ),
     "server strategies": Group(_package("fedllm_server.strategies"), LOADED_NEVER, NO_IO | NO_LOGS),
     "client trigger": Group(["fedllm_client.trigger"], LOADED_NEVER, NO_IO | NO_LOGS | NO_TENSORS),
+    "client compression": Group(["fedllm_client.compression"], LOADED_NEVER, NO_IO | NO_LOGS),
 }
 PROBE = """
 import importlib, json, sys
