@@ -13,7 +13,7 @@ Sources, each used for what it measures first-hand:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,17 @@ def client_summary(name: str, records: Sequence[Record]) -> dict[str, Any]:
         "bytes_up": (stop or {}).get("bytes_up"),
         "bytes_down": (stop or {}).get("bytes_down"),
         "energy": (stop or {}).get("energy"),
+        "bytes_up_by_encoding": bytes_by_encoding(_kind(records, "upload")),
     }
+
+
+def bytes_by_encoding(uploads: Sequence[Record]) -> dict[str, int]:
+    """Upload bytes on the wire per encoding (raw, fp16, int8, topk), from upload records."""
+    out: dict[str, int] = {}
+    for u in uploads:
+        key = str(u.get("encoding") or "raw")
+        out[key] = out.get(key, 0) + int(u.get("bytes") or 0)
+    return out
 
 
 def energy_block(clients: Sequence[Mapping[str, Any]], cpu_s: Mapping[str, float]) -> dict:
@@ -245,6 +255,7 @@ def collect_run(
         history=hist,
         privacy=privacy_record(_kind(server, "aggregation")),
         upload_events=upload_events(server),
+        bytes_up_by_encoding=_sum_counts(c["bytes_up_by_encoding"] for c in clients),
         clients=clients,
         clients_reporting_final=len(finals),
         test_flows=_samples(server),
@@ -260,3 +271,11 @@ def collect_run(
 def _samples(server: Sequence[Record]) -> int:
     evaluated = [a["evaluation"] for a in _kind(server, "aggregation") if a.get("evaluation")]
     return int(evaluated[-1].get("samples", 0)) if evaluated else 0
+
+
+def _sum_counts(parts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total

@@ -96,10 +96,19 @@ def _table_extra(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         lines.append(
             f"| {run['strategy']} | {run['rounds']} | {_steps_cell(run)} | {run['uploads']} "
-            f"| {run['bytes_up']:,} | {run['bytes_down']:,} | {run['wall_s']:.1f} "
-            f"| {_energy_cell(run['energy'])} |"
+            f"| {run['bytes_up']:,} {_encodings_cell(run)}| {run['bytes_down']:,} "
+            f"| {run['wall_s']:.1f} | {_energy_cell(run['energy'])} |"
         )
     return lines
+
+
+def _encodings_cell(run: Run) -> str:
+    """Bytes up by upload encoding, when any upload was not raw: "(int8 1.2 MB, raw 0.3 MB) "."""
+    by = run.get("bytes_up_by_encoding") or {}
+    if set(by) <= {"raw"}:
+        return ""
+    parts = [f"{name} {nbytes / 1e6:.2f} MB" for name, nbytes in sorted(by.items())]
+    return f"({', '.join(parts)}) "
 
 
 def _config_lines(config: Mapping[str, Any]) -> list[str]:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from fedllm_experiment.collect import IncompleteRun, collect_run, history, upload_events
+from fedllm_experiment.collect import (
+    IncompleteRun,
+    bytes_by_encoding,
+    collect_run,
+    history,
+    upload_events,
+)
 from fedllm_experiment.configs import ExperimentSettings
 from fedllm_experiment.deploy import Deployment
 from fedllm_experiment.processes import Daemon, Fleet
@@ -68,3 +74,13 @@ def test_a_server_that_stopped_short_of_the_last_version_is_an_incomplete_run(
     dep = Deployment(Fleet(server, []), metrics, tmp_path / "state", {}, 0)
     with pytest.raises(IncompleteRun, match="version 1 of 2"):
         collect_run(ExperimentSettings(rounds=2), "gsfs", dep, wall_s=1.0)
+
+
+def test_bytes_by_encoding_sums_the_client_upload_records() -> None:
+    uploads = [
+        {"kind": "upload", "bytes": 100, "encoding": "int8"},
+        {"kind": "upload", "bytes": 40, "encoding": "raw"},
+        {"kind": "upload", "bytes": 60, "encoding": "int8"},
+        {"kind": "upload", "bytes": 7},  # written before encodings were recorded: raw
+    ]
+    assert bytes_by_encoding(uploads) == {"int8": 160, "raw": 47}

@@ -61,3 +61,15 @@ def test_plots_are_written_as_png(tmp_path: Path, results_doc: dict[str, Any]) -
         "gsfs_uploads_per_client.png",
     ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_report_shows_bytes_up_by_encoding_when_an_upload_was_compressed(
+    results_doc: dict[str, Any],
+) -> None:
+    gsfs = next(r for r in results_doc["runs"] if r["strategy"] == "gsfs")
+    gsfs["bytes_up_by_encoding"] = {"int8": 1_200_000, "raw": 300_000}
+    extra = render_report(results_doc).split("## What the paper does not report")[1]
+    row = next(line for line in extra.splitlines() if line.startswith("| gsfs |"))
+    assert "(int8 1.20 MB, raw 0.30 MB)" in row
+    fedavg = next(line for line in extra.splitlines() if line.startswith("| fedavg |"))
+    assert "MB)" not in fedavg  # all raw (or no breakdown): no extra cell text
