@@ -3,9 +3,10 @@
 The server side is the daemon's own connection and broadcast path over mutual TLS 1.3:
 `serve` (TLS handshake, identity check), a Hello/Welcome handshake, a real `ClientSession`
 (bounded outbox + writer task) per connection, and a broadcast is `encode_global` + `fan_out`
-(the same `PreparedMessage` queued to every session). It runs in this process, alone on its
-event loop; the clients live in a child process (the other core), each a minimal protocol peer
-that sends a real Hello, then a Heartbeat every few seconds, and counts the bytes it receives
+(the same `PreparedMessage` queued to every session), with the daemon's GC pacer
+(fedllm_server/gc_pacing.py) beside it. It runs in this process, alone on its event loop;
+the clients live in a child process (the other core), each a minimal protocol peer that
+sends a real Hello, then a Heartbeat every few seconds, and counts the bytes it receives
 without decoding them (10,000 decoded 1 MB models would need 20 GB of receive buffers there).
 All clients share one certificate: the bench measures connections and bytes, not identities.
 
@@ -58,6 +59,7 @@ from fedllm_proto.states import Role, State
 from fedllm_proto.timeouts import CLIENT, SERVER
 from fedllm_proto.transport import Peer, PeerClosed, connect, run, serve
 from fedllm_server.broadcast import encode_global, fan_out
+from fedllm_server.gc_pacing import with_gc_pacing
 from fedllm_server.session import ClientSession, bulk_gate
 
 MB = 1_000_000
@@ -470,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pki = make_federation_pki(Path(tmp), clients=("bench-client",))
         for n in counts:
-            res = run(_one_run(n, args.size_mb, args.broadcasts, pki))
+            res = run(with_gc_pacing(_one_run(n, args.size_mb, args.broadcasts, pki)))
             results["runs"].append(res)
             print(
                 f"{n:6d} clients: {res['rss_per_connection_KiB']['joined']} KiB/conn "

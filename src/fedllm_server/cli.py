@@ -51,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level, json=settings.logging.json_lines, component="server")
     from fedllm_server.daemon import serve_forever
     from fedllm_server.evaluation import CentralModel
+    from fedllm_server.gc_pacing import with_gc_pacing
 
     central = CentralModel(settings)  # slow (torch, tokenizer): before READY, on purpose
     # What that built (torch, the model, the tokenizer: ~460k objects) lives as long as the
     # process. Out of the cyclic GC's reach, each full collection stops walking it on the
     # loop's thread: 234 ms of every full collection, measured on the default model. Here,
     # not in the daemon's start(): tests run many daemons in one process.
+    # Connections made later are frozen by the pacer (fedllm_server/gc_pacing.py).
     gc.freeze()
-    return _run_loop(serve_forever(settings, central))
+    return _run_loop(with_gc_pacing(serve_forever(settings, central)))
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
