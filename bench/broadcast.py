@@ -141,7 +141,7 @@ async def _one_mode(n: int, size_mb: float, repeats: int, pki: PkiPaths | None) 
     for version in range(1, repeats + 1):
         start = time.perf_counter()
         prepared = await encode_global(version, tensors)
-        fan = fan_out(bench.sessions.values(), prepared)
+        fan = await fan_out(bench.sessions.values(), prepared)
         assert not fan.dropped, fan.dropped
         done = await loop.run_in_executor(None, parent.recv)
         times.append(time.perf_counter() - start)

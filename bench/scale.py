@@ -398,7 +398,7 @@ async def _one_run(n: int, size_mb: float, broadcasts: int, pki: PkiPaths) -> di
             lag.marks.append(len(lag.lags))
             start = time.perf_counter()
             prepared = await encode_global(version, tensors)
-            fan = fan_out(list(bench.sessions.values()), prepared)
+            fan = await fan_out(list(bench.sessions.values()), prepared)
             dropped += len(fan.dropped)
             _, finished, _lost = await loop.run_in_executor(None, parent.recv)
             times.append(finished - start)

@@ -2,7 +2,7 @@
 
 Rules: `encode_global` runs the codec in a worker thread (a few MB of tensors must not stall
 heartbeats) and returns the transport's `PreparedMessage`; `fan_out` offers that one object to
-every session's bounded outbox without awaiting any of them, so all clients are sent to
+every session's bounded outbox without waiting for any of them, so all clients are sent to
 concurrently by their own writer tasks and a slow one is dropped rather than waited for.
 """
 
@@ -16,6 +16,8 @@ from fedllm_proto.messages import GlobalModel
 from fedllm_proto.transport import PreparedMessage, prepare
 from fedllm_server.session import ClientSession
 from fedllm_server.strategies.base import TensorDict
+
+OFFER_BATCH = 256  # sessions offered a broadcast per loop turn
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,18 @@ async def encode_global(version: int, tensors: TensorDict) -> PreparedMessage:
     return await asyncio.to_thread(prepare, GlobalModel(version=version, tensors=tensors))
 
 
-def fan_out(sessions: Iterable[ClientSession], prepared: PreparedMessage) -> FanOut:
-    """Queue `prepared` to every session; never awaits, so no client waits for another."""
+async def fan_out(sessions: Iterable[ClientSession], prepared: PreparedMessage) -> FanOut:
+    """Queue `prepared` to every session; never waits for a client, so none waits for another.
+
+    It gives the loop a turn every ``OFFER_BATCH`` sessions: each offer wakes that session's
+    writer, and 10,000 of them in one loop turn stalled joins and heartbeats ~0.3 s
+    (bench/scale.py). The sessions are the ones present when it starts; a client that joins
+    meanwhile is sent ``prepared`` by its own join.
+    """
     size = prepared_size(prepared)
     report = FanOut()
-    for session in list(sessions):
+    for i, session in enumerate(list(sessions)):
         (report.queued if session.offer(prepared) else report.dropped).append(session.client_id)
+        if i % OFFER_BATCH == OFFER_BATCH - 1:
+            await asyncio.sleep(0)
     return FanOut(report.queued, report.dropped, size * len(report.queued))

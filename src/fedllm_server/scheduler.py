@@ -135,7 +135,7 @@ async def publish(
     """Encode the new global model once, fan it out, queue the report, maybe stop."""
     version, tensors = committed.version, committed.result.global_tensors
     state.prepared = await encode_global(version, tensors)
-    fan = fan_out(state.sessions.values(), state.prepared)
+    fan = await fan_out(state.sessions.values(), state.prepared)
     state.schedule.aggregated(time.monotonic())
     log.info(
         "global_model_published",

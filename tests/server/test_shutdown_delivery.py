@@ -48,7 +48,7 @@ async def _serve_once_and_exit(paths: PkiPaths, port_out: Queue[int]) -> None:
     server = await serve(on_peer, "127.0.0.1", 0, ctx, timeouts=SERVER.but(idle_s=60.0))
     port_out.put(server.sockets[0].getsockname()[1])
     await joined.wait()
-    fan_out(sessions, await encode_global(1, {"w": np.ones(MODEL_FLOATS, np.float32)}))
+    await fan_out(sessions, await encode_global(1, {"w": np.ones(MODEL_FLOATS, np.float32)}))
     await asyncio.gather(*(s.close("stop", flush_s=10.0) for s in sessions))
     # return at once, as the daemon does: the event loop ends here
 
