@@ -54,6 +54,9 @@ def test_clients_carry_on_through_a_server_sigterm_and_restart(tmp_path: Path, p
         fed.stop_all()
     assert (server_code, codes) == (0, [0, 0, 0])
     for name in NAMES:
-        # the client stayed up through the restart, reconnected, got the next version
-        assert stopped_at + 1 in _after_restart(fed, name), (name, fed.tail(name))
+        # the client stayed up through the restart, reconnected, got a newer version. Not
+        # necessarily stopped_at + 1: a client whose backoff ends after the restarted server
+        # published it joins at the current version (seen once on a loaded machine: [4, 5])
+        newer = [v for v in _after_restart(fed, name) if v > stopped_at]
+        assert newer, (name, _after_restart(fed, name), fed.tail(name))
         assert [r["reason"] for r in fed.events(name, "stop")] == ["bye"], name
