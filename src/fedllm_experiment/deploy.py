@@ -75,6 +75,7 @@ def strategy_section(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:
         "federation_size_source": "explicit",
         "federation_size": exp.clients,
         "max_wait_s": 30.0,
+        "sample_weighting": exp.gsfs_sample_weighting,
     }
 
 

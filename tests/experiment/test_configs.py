@@ -90,3 +90,19 @@ def test_references_and_baselines_see_the_daemons_data_overrides() -> None:
     exp = ExperimentSettings(shared={"data": {"split": "random", "min_class_count": 7}})
     data = daemon_data(exp)
     assert (data.split, data.min_class_count) == ("random", 7)
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_gsfs_server_weighs_clients_by_samples_unless_told_not_to(
+    pki: PkiPaths, tmp_path: Path, weighting: bool
+) -> None:
+    exp = ExperimentSettings(clients=2, gsfs_sample_weighting=weighting)
+    prepare_deployment(exp, "gsfs", pki, tmp_path)
+    server = tomllib.loads((tmp_path / "server.toml").read_text())
+    assert server["strategy"]["sample_weighting"] is weighting
+
+
+def test_the_default_budget_is_short_local_runs() -> None:
+    exp = ExperimentSettings()
+    assert (exp.rounds, exp.local_steps, exp.budget_steps) == (20, 8, 160)
+    assert exp.gsfs_sample_weighting
