@@ -6,14 +6,18 @@ refusal -- plaintext into TLS, wrong or missing certificate, revoked client, han
 logged once as ``peer_refused`` with the address and a readable reason, and only that peer is
 dropped. A peer refused after a successful TLS handshake (revoked, no client id) is first told
 so with an Error(UNAUTHORIZED) frame: it must not mistake the refusal for a lost link.
-Identity and revocation come from ``fedllm_proto.tls``. uvloop is used by ``run`` when
-installed. Time given to Connections is ``loop.time()`` (monotonic).
+Connection caps (``fedllm_proto.admission``) are applied at the accept, before the TLS
+handshake; every refusal, at the caps or in TLS, is also reported to ``on_refused`` with a
+short reason for the server's counters. Identity and revocation come from
+``fedllm_proto.tls``. uvloop is used by ``run`` when installed. Time given to
+Connections is ``loop.time()`` (monotonic).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from fedllm_proto import tls
+from fedllm_proto.admission import Admission, OnRefused
 from fedllm_proto.connection import Connection
 from fedllm_proto.errors import ErrorCode, ProtocolError
 from fedllm_proto.limits import Limits
@@ -83,6 +88,12 @@ class _ServerConfig:
     timeouts: Timeouts
     limits: Limits
     revocation: tls.RevocationList | None
+    admission: Admission | None = None
+    on_refused: OnRefused | None = None
+
+    def refused(self, reason: str, address: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, address)
 
     def protocol(self) -> WireProtocol:
         conn = Connection(
@@ -144,9 +155,19 @@ class Server(asyncio.AbstractServer):
                 log.error("accept_failed", error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            task = self._loop.create_task(self._handle(sock, f"{addr[0]}:{addr[1]}"))
+            host, address = str(addr[0]), f"{addr[0]}:{addr[1]}"
+            admission = self._cfg.admission
+            reason = None if admission is None else admission.admit(host)
+            if reason is not None:  # before any TLS work: a refused socket costs one accept
+                sock.close()
+                self._cfg.refused(reason, address)
+                continue
+            task = self._loop.create_task(self._handle(sock, address))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if admission is not None:
+                # a done callback, not a finally: it runs even if the task never started
+                task.add_done_callback(functools.partial(_release, admission, host))
 
     async def _handle(self, sock: socket.socket, address: str) -> None:
         opened = await self._open(sock, address)
@@ -180,15 +201,21 @@ class Server(asyncio.AbstractServer):
                 return proto, ""
             return proto, tls.authorize_peer(ssl_object, cfg.revocation)
         except tls.PeerRejected as exc:
+            cfg.refused("tls_unauthorized", address)
             await _tell_unauthorized(proto, str(exc))
             return None
         except (OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
             reason = _handshake_reason(exc)
+            cfg.refused(_handshake_kind(exc), address)
         log.warning("peer_refused", address=address, reason=reason)
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         sock.close()
         return None
+
+
+def _release(admission: Admission, host: str, _task: asyncio.Task[None]) -> None:
+    admission.release(host)
 
 
 async def _tell_unauthorized(proto: WireProtocol, reason: str) -> None:
@@ -208,6 +235,13 @@ async def _tell_unauthorized(proto: WireProtocol, reason: str) -> None:
             proto.transport.abort()
 
 
+def _handshake_kind(exc: BaseException) -> str:
+    """The refusal's label for counters: timed out, or failed (any other TLS error)."""
+    if isinstance(exc, TimeoutError) or "taking longer" in str(exc):
+        return "tls_handshake_timeout"
+    return "tls_handshake_failed"
+
+
 def _handshake_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) or "taking longer" in str(exc):
         return "TLS handshake timed out (silent or non-TLS peer)"
@@ -223,13 +257,18 @@ async def serve(
     timeouts: Timeouts = SERVER,
     limits: Limits | None = None,
     revocation: tls.RevocationList | None = None,
+    admission: Admission | None = None,
+    on_refused: OnRefused | None = None,
 ) -> Server:
     """Listen; run ``on_peer(peer)`` as its own task per accepted, authorised connection.
 
     The peer is closed (Bye) when ``on_peer`` returns. ``ssl_context=None`` means plain TCP.
-    Raises OSError when the address cannot be bound.
+    ``admission`` caps open sockets (None: no cap); ``on_refused(reason, address)`` hears of
+    every refused peer. Raises OSError when the address cannot be bound.
     """
-    cfg = _ServerConfig(on_peer, ssl_context, timeouts, limits or Limits(), revocation)
+    cfg = _ServerConfig(
+        on_peer, ssl_context, timeouts, limits or Limits(), revocation, admission, on_refused
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=256)
     sock.setblocking(False)

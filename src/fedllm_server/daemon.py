@@ -35,7 +35,7 @@ from fedllm_core.systemd import notify, watchdog_interval_s
 from fedllm_proto.codec import limits_for_model
 from fedllm_proto.tls import RevocationList, server_context
 from fedllm_proto.transport import Peer, serve
-from fedllm_server import connections, scheduler
+from fedllm_server import connections, door, scheduler
 from fedllm_server.broadcast import encode_global
 from fedllm_server.durable.checkpoint import CheckpointStore
 from fedllm_server.durable.lock import StateDirLock
@@ -233,6 +233,8 @@ async def _start_locked(
             timeouts=settings.timeouts,
             revocation=tls.revocation,
             limits=limits_for_model(state.engine.global_tensors),  # no Update past it
+            admission=door.admission(settings),
+            on_refused=door.Refusals(state.metrics),
         )
     except OSError as exc:
         if endpoint is not None:

@@ -103,6 +103,12 @@ class ServerSettings(FrozenSettings):
     tls_handshake_timeout_s: float = Field(
         default=10.0, gt=0, description="time allowed for the TLS handshake (silent peers)"
     )
+    # Sockets held at once (any phase, silent ones too) and per remote address; a peer past a
+    # cap is closed before TLS. None: derived from RLIMIT_NOFILE (fedllm_server.door).
+    max_connections: int | None = Field(default=None, ge=1)
+    max_connections_per_address: int | None = Field(default=None, ge=1)
+    # Insecure mode only: distinct client names one address may hold at once (Sybil names).
+    insecure_names_per_address: int = Field(default=1, ge=1)
     send_queue: int = Field(
         default=4, ge=1, description="messages queued per client before dropping it"
     )

@@ -67,6 +67,12 @@ class ServerObserver:
         self.rounds = Counter(
             "fedllm_server_rounds", "closed synchronous rounds, by reason", ["reason"], registry=r
         )
+        self.refused = Counter(
+            "fedllm_server_connections_refused",
+            "peers refused at the door (connection caps, TLS), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.received = Counter(
             "fedllm_server_received_bytes", "update payload bytes received", registry=r
         )
@@ -128,6 +134,8 @@ class ServerObserver:
             self._update(fields)
         elif kind == "aggregation":
             self._aggregation(fields)
+        elif kind == "connection_refused":
+            self.refused.labels(str(fields.get("reason"))).inc()
         elif kind == "round":
             self.rounds.labels(str(fields.get("reason"))).inc()
 

@@ -1,0 +1,118 @@
+"""Issue 10, attack 1: silent TCP peers past the fd limit must not starve or crash the server.
+
+The daemon runs as a child process whose RLIMIT_NOFILE is lowered to 256; an attacker from
+127.0.0.2 opens 300 silent connections (no TLS, no Hello) and holds them. Before the caps, the
+accepts and the checkpoint hit EMFILE: honest clients could not join and the server could die.
+Now the caps (derived from the limit) close the surplus at once: two honest clients from
+127.0.0.1 still join and make the server aggregate, the refusals are counted by reason, and
+SIGTERM still gives exit 0. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fedserver_testkit import ScriptedClient, ServerProcess, tiny_settings_dict, to_toml
+
+from fedllm_proto.transport import PeerClosed
+from fedllm_server.door import derived_caps
+from fedllm_server.metrics_log import read_metrics
+
+GSFS = {"name": "gsfs", "federation_size_source": "explicit", "federation_size": 3}  # K = 2
+SERVER_NOFILE = 256
+SILENT = 300
+ATTACKER = "127.0.0.2"  # the whole 127/8 is loopback on Linux
+
+
+@contextlib.contextmanager
+def _soft_nofile(limit: int) -> Iterator[None]:
+    """Children started inside inherit ``limit``; this process gets its own back after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _silent_connections(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((ATTACKER, 0))
+        sock.connect(("127.0.0.1", port))  # the kernel completes it; the server decides after
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(10.0)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def _honest_federation(port: int, fingerprint: str) -> list[int]:
+    clients = [
+        ScriptedClient(f"honest-{i}", "127.0.0.1", port, None, fingerprint, seed=i) for i in (1, 2)
+    ]
+    tasks = []
+    async with asyncio.timeout(60):
+        for client in clients:
+            await client.connect()
+            tasks.append(asyncio.create_task(client.serve()))
+        await asyncio.gather(*(c.upload_per_version(1, timeout_s=60) for c in clients))
+    for client in clients:
+        with contextlib.suppress(PeerClosed, ConnectionError):
+            await client.close()
+    await asyncio.wait(tasks, timeout=10)
+    return [c.version for c in clients]
+
+
+def test_silent_peers_past_the_fd_limit_neither_starve_nor_crash_the_server(
+    tmp_path: Path,
+) -> None:
+    cfg = tiny_settings_dict(
+        tmp_path / "state",
+        None,
+        GSFS,
+        handshake_timeout_s=120.0,  # the attacker's sockets stay open for the whole test
+        insecure_names_per_address=4,
+    )
+    config = tmp_path / "server.toml"
+    config.write_text(to_toml(cfg))
+    with _soft_nofile(SERVER_NOFILE):
+        server = ServerProcess(config)
+    port = server.port
+    caps = server.wait_event("connection_caps")
+    assert (caps["max_connections"], caps["max_per_address"]) == derived_caps(SERVER_NOFILE)
+    fingerprint = _started(tmp_path)["fingerprint"]
+    socks = _silent_connections(port, SILENT)
+    try:
+        # the surplus is closed at once, the first ones are held (awaiting their Hello)
+        assert _closed_by_server(socks[-1])
+        refused = server.wait_event("connections_refused", reason="too_many_from_address")
+        assert refused["address"].startswith(ATTACKER)
+        versions = asyncio.run(_honest_federation(port, fingerprint))
+        assert versions == [1, 1]  # they joined and the server aggregated meanwhile
+        assert server.proc.poll() is None
+    finally:
+        for sock in socks:
+            sock.close()
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def _started(tmp_path: Path) -> dict[str, Any]:
+    return next(
+        r for r in read_metrics(tmp_path / "state" / "metrics.jsonl") if r["kind"] == "start"
+    )
