@@ -4,8 +4,11 @@ Rules: the handshake is Hello -> (fingerprint check) -> Welcome -> current Globa
 fingerprint gets `Reject(fingerprint_mismatch)` and Bye `refused`; a Hello while the server
 stops gets a Bye with the stop's code (`restarting` or `finished`). The client id is
 the certificate's CN (the transport's `peer_id`); only in insecure mode does Hello's
-`client_name` name the client. A second connection with the same id replaces the first: the
-old session is closed (`replaced`) before the new one is registered. Updates are judged and
+`client_name` name the client, and names are guarded there: a name connected from another host
+is refused (`name_in_use`), and one host holds at most `insecure_names_per_address` names
+(`too_many_names`), so spoofed or Sybil names cannot make a quorum alone. A second connection
+with the same id (in insecure mode: from the same host) replaces the first: the old session is
+closed (`replaced`) before the new one is registered. Updates are judged and
 accepted in the engine thread (first the schedule must expect it; then exactly one of its
 `accepted`/`refused` follows the verdict, whatever happens); the Ack is queued only after the
 update is durable. A client whose updates keep being rejected (`max_rejects` in a row) gets
@@ -35,7 +38,7 @@ from fedllm_proto.messages import (
 )
 from fedllm_proto.tls import RevocationList
 from fedllm_proto.transport import Peer, PeerClosed
-from fedllm_server import scheduler
+from fedllm_server import door, scheduler
 from fedllm_server.session import ClientSession
 from fedllm_server.state import ServerState
 from fedllm_server.tensors import nbytes
@@ -89,11 +92,38 @@ async def _handshake(state: ServerState, peer: Peer) -> ClientSession | None:
         reject = Reject("", RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
         await _refuse(peer, reject, ByeCode.REFUSED)
         return None
+    refusal = _insecure_name_refusal(state, peer, client_id)
+    if refusal is not None:
+        log.warning("peer_refused", address=peer.address, client_id=client_id, reason=refusal)
+        door.notify_refused(state.metrics, refusal, peer.address)
+        error = Error(ErrorCode.UNAUTHORIZED, f"{refusal}: client name {client_id!r}")
+        await _refuse(peer, error, ByeCode.REFUSED)
+        return None
     if state.stopping.is_set():
         # the Bye says whether to come back (restarting) or not (finished)
         await _close(peer, "server is shutting down", state.stop_code)
         return None
     return await _admit(state, peer, hello, client_id)
+
+
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0]  # "host:port" (an IPv6 host keeps its colons)
+
+
+def _insecure_name_refusal(state: ServerState, peer: Peer, client_id: str) -> str | None:
+    """In insecure mode nothing proves a name: refuse taking over another host's name, and
+    more distinct names per host than configured (None: admitted)."""
+    if not state.settings.insecure:
+        return None
+    host = _host(peer.address)
+    held = state.sessions.get(client_id)
+    if held is not None and _host(held.peer.address) != host:
+        return "name_in_use"
+    names = {cid for cid, s in state.sessions.items() if _host(s.peer.address) == host}
+    names.discard(client_id)  # a reconnect from the same host replaces its old session
+    if len(names) >= state.settings.insecure_names_per_address:
+        return "too_many_names"
+    return None
 
 
 def _identity(state: ServerState, peer: Peer, hello: Hello) -> str:

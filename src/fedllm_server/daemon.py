@@ -139,7 +139,8 @@ def tls_setup(settings: ServerSettings) -> Tls:
     if settings.insecure:
         log.warning(
             "insecure_mode",
-            detail="plain TCP, no client authentication: "
+            detail="plain TCP, no client authentication: client names are TRUSTED as sent "
+            "(anyone can claim one; at most insecure_names_per_address per host); "
             "loopback benchmarks only, never a real deployment",
         )
         return Tls(None, None)

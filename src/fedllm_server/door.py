@@ -41,6 +41,12 @@ def admission(settings: ServerSettings) -> Admission:
     return Admission(total, per_address)
 
 
+def notify_refused(metrics: MetricsLog, reason: str, address: str) -> None:
+    """Tell the metrics listeners (the Prometheus counter) of one refused peer."""
+    for listener in metrics.listeners:
+        listener("connection_refused", {"reason": reason, "address": address})
+
+
 class Refusals:
     """``on_refused`` for the transport: count, tell the metrics listeners, log rate-limited."""
 
@@ -51,8 +57,7 @@ class Refusals:
 
     def __call__(self, reason: str, address: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        for listener in self.metrics.listeners:
-            listener("connection_refused", {"reason": reason, "address": address})
+        notify_refused(self.metrics, reason, address)
         now = time.monotonic()
         if self._logged_at is None or now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now

@@ -34,6 +34,7 @@ def _server(tmp: Path, rule: str) -> ServerSettings:
             "host": "127.0.0.1",
             "port": 0,
             "insecure": True,
+            "insecure_names_per_address": 3,  # the three clients share 127.0.0.1
             "state_dir": str(tmp / "server"),
             "strategy": {"name": "fedavg", "sample_weighting": False},
             "robust": {"rule": rule},
