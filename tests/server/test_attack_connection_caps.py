@@ -4,8 +4,8 @@ The daemon runs as a child process whose RLIMIT_NOFILE is lowered to 256; an att
 127.0.0.2 opens 300 silent connections (no TLS, no Hello) and holds them. Before the caps, the
 accepts and the checkpoint hit EMFILE: honest clients could not join and the server could die.
 Now the caps (derived from the limit) close the surplus at once: two honest clients from
-127.0.0.1 still join and make the server aggregate, the refusals are counted by reason, and
-SIGTERM still gives exit 0. Every wait is bounded.
+127.0.0.1 still join and make the server aggregate, the refusals are counted by reason (the
+event, the Prometheus counter), and SIGTERM still gives exit 0. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import contextlib
 import resource
 import signal
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fedserver_testkit import ScriptedClient, ServerProcess, tiny_settings_dict, to_toml
 
+from fedllm_proto.admission import TOO_MANY_CONNECTIONS, TOO_MANY_FROM_ADDRESS, Admission
 from fedllm_proto.transport import PeerClosed
 from fedllm_server.door import derived_caps
 from fedllm_server.metrics_log import read_metrics
@@ -88,6 +90,7 @@ def test_silent_peers_past_the_fd_limit_neither_starve_nor_crash_the_server(
         GSFS,
         handshake_timeout_s=120.0,  # the attacker's sockets stay open for the whole test
         insecure_names_per_address=4,
+        metrics={"enabled": True, "port": 0},
     )
     config = tmp_path / "server.toml"
     config.write_text(to_toml(cfg))
@@ -103,6 +106,8 @@ def test_silent_peers_past_the_fd_limit_neither_starve_nor_crash_the_server(
         assert _closed_by_server(socks[-1])
         refused = server.wait_event("connections_refused", reason="too_many_from_address")
         assert refused["address"].startswith(ATTACKER)
+        metrics_port = server.wait_event("metrics_endpoint_listening")["port"]
+        assert _refused_total(metrics_port, "too_many_from_address") >= 1
         versions = asyncio.run(_honest_federation(port, fingerprint))
         assert versions == [1, 1]  # they joined and the server aggregated meanwhile
         assert server.proc.poll() is None
@@ -116,3 +121,35 @@ def _started(tmp_path: Path) -> dict[str, Any]:
     return next(
         r for r in read_metrics(tmp_path / "state" / "metrics.jsonl") if r["kind"] == "start"
     )
+
+
+def _refused_total(port: int, reason: str) -> float:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode()
+    name = f'fedllm_server_connections_refused_total{{reason="{reason}"}}'
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    return values[0] if values else 0.0
+
+
+def test_the_caps_leave_headroom_and_bound_each_address() -> None:
+    assert derived_caps(256) == (192, 24)
+    assert derived_caps(1024) == (896, 112)
+    total, per_address = derived_caps(20_000)
+    assert total == 20_000 - 2_500 and per_address == total // 8
+
+
+def test_admission_refuses_past_either_cap_and_frees_on_release() -> None:
+    door = Admission(max_connections=3, max_per_address=2)
+    assert [door.admit("a"), door.admit("a"), door.admit("a")] == [
+        None,
+        None,
+        TOO_MANY_FROM_ADDRESS,
+    ]
+    assert door.admit("b") is None
+    assert door.admit("c") == TOO_MANY_CONNECTIONS
+    door.release("a")
+    assert door.admit("c") is None
+    for host in ("a", "b", "c"):
+        door.release(host)
+    assert (door.open_total, door.open_by_host) == (0, {})
