@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from fedllm_core.errors import run_command
+from fedllm_core.version import version_text
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -28,8 +29,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# --help shows prose, not this module's reST markup
+DESCRIPTION = "Federated LLM intrusion detection: one command, one subcommand per job."
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fedllm", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=version_text("fedllm"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = argv[0] if argv else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():
@@ -37,6 +43,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         if name == wanted:  # only import the module that will actually run
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
+            # the one-line help is `fedllm NAME --help`'s description unless the module sets one
+            sub_parser.description = sub_parser.description or help_text
             sub_parser.set_defaults(_module=module)
     return parser
 

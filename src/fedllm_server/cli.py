@@ -17,9 +17,16 @@ from typing import Any
 from fedllm_core.errors import run_command
 from fedllm_core.logging import configure_logging
 from fedllm_core.settings import load_settings
+from fedllm_core.version import version_text
+
+DESCRIPTION = (
+    "Run the federation server daemon: aggregate LoRA updates from clients over mutual TLS."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = parser.description or DESCRIPTION
+    parser.add_argument("--version", action="version", version=version_text(parser.prog))
     parser.add_argument("--config", type=Path, help="server TOML settings (configs/server.toml)")
     parser.add_argument(
         "--insecure",
@@ -72,7 +79,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `fedllm-server`."""
-    parser = argparse.ArgumentParser(prog="fedllm-server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fedllm-server", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_command("fedllm-server", lambda: run(args))
