@@ -32,6 +32,21 @@ def test_bad_value_names_the_field(tmp_path: Path) -> None:
         load_settings(Outer, cfg, env_prefix="T", environ={})
 
 
+def test_bad_env_value_names_the_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[inner]\nq = 0.5\n")
+    with pytest.raises(SettingsError, match=r"inner\.q from environment variable T__INNER__Q"):
+        load_settings(Outer, cfg, env_prefix="T", environ={"T__INNER__Q": "7"})
+
+
+def test_bad_file_value_names_no_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[inner]\nq = 7\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(Outer, cfg, env_prefix="T", environ={"T__NAME": "y"})
+    assert "environment variable" not in str(raised.value)
+
+
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text("nmae = 'typo'\n")

@@ -72,11 +72,28 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def env_variable_names(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Dotted setting path -> the environment variable that set it (for error messages)."""
+    environ = os.environ if environ is None else environ
+    lead = prefix.upper() + "__"
+    names: dict[str, str] = {}
+    for key in environ:
+        if key.startswith(lead):
+            path = [part.lower() for part in key[len(lead) :].split("__") if part]
+            names[".".join(path)] = key
+    return names
+
+
+def describe_validation_error(
+    exc: ValidationError, env_names: Mapping[str, str] | None = None
+) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        variable = (env_names or {}).get(where)
+        # an operator must fix the variable, not the file, when the bad value came from it
+        origin = f" from environment variable {variable}" if variable else ""
+        lines.append(f"{where}{origin}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
@@ -97,4 +114,5 @@ def load_settings(
         return model.model_validate(data)
     except ValidationError as exc:
         source = str(path) if path is not None else "settings"
-        raise SettingsError(f"{source}: {describe_validation_error(exc)}") from exc
+        detail = describe_validation_error(exc, env_variable_names(env_prefix, environ))
+        raise SettingsError(f"{source}: {detail}") from exc
