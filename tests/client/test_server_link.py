@@ -221,9 +221,7 @@ def test_lossy_upload_encoding_reaches_the_server_decoded(pki: Any, tmp_path: Pa
     )
 
 
-def test_adaptive_upload_picks_a_lossy_encoding_within_its_budget(
-    pki: Any, tmp_path: Path
-) -> None:
+def test_adaptive_upload_picks_a_lossy_encoding_within_its_budget(pki: Any, tmp_path: Path) -> None:
     async def main() -> tuple[Scripted, ClientSettings]:
         server = Scripted("fedavg", _initial_theta(tiny_settings(tmp_path / "p")), quorum=1)
         server.stop_after = 1
