@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the embedded MiniLM and random BERT, OPT, GPT-2; hub models when reachable)",
     )
     parser.add_argument("--steps", type=int, help=f"optimizer steps per model ({DEFAULT_STEPS})")
-    add_common_arguments(parser)
+    add_common_arguments(parser, budget=False)  # --steps is the budget, --models the models
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,18 +51,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list: one whole experiment per seed (its own capture split), then a "
         "summary over seeds in --out (default: just --seed)",
     )
+    parser.add_argument(
+        "--partition",
+        choices=("capture", "iid", "dirichlet"),
+        help="how the training flows are dealt to the clients (default capture)",
+    )
     add_common_arguments(parser)
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that fix the data, model and budget (shared with `fedllm baseline`)."""
+def add_common_arguments(parser: argparse.ArgumentParser, *, budget: bool = True) -> None:
+    """Flags that fix the data (every command) and, with ``budget``, the model and the
+    training budget (`fedllm experiment` and `fedllm baseline`, which trains centrally for
+    clients x rounds x local-steps steps so it spends what the federation spends)."""
     add = parser.add_argument
     add("--out", type=Path, help="output directory (default: runs/<UTC timestamp>)")
-    add("--clients", type=int, help="client daemons (default 5)")
-    add("--rounds", type=int, help="rounds per strategy; GSFS: aggregations (default 10)")
-    add("--model", help="embedded:all-MiniLM-L6-v2 (default), a local directory or a hub id")
+    if budget:
+        add("--clients", type=int, help="clients (default 5): the federation's size and budget")
+        add("--rounds", type=int, help="rounds; GSFS: aggregations (default 20)")
+        add("--local-steps", type=int, dest="local_steps", help="optimizer steps per round (8)")
+        add("--model", help="embedded:all-MiniLM-L6-v2 (default), a local directory or a hub id")
     add("--task", choices=("binary", "multiclass"))
-    add("--partition", choices=("capture", "iid", "dirichlet"))
     add(
         "--split",
         choices=("capture", "random"),
@@ -77,7 +85,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--seed", type=int)
     add("--max-rows", type=int, dest="max_rows", help="stratified subsample of the flows")
-    add("--local-steps", type=int, dest="local_steps", help="optimizer steps per round")
     add("--quick", action="store_true", help="small preset: about 3 minutes on 2 CPU cores")
     add("--config", type=Path, help="TOML file with any ExperimentSettings key")
 
@@ -138,7 +145,9 @@ def describe(exp: ExperimentSettings) -> str:
 def settings_and_out_dir(
     args: argparse.Namespace, *extra_flags: str
 ) -> tuple[ExperimentSettings, Path]:
-    flags: dict[str, Any] = {name: getattr(args, name) for name in (*COMMON_FLAGS, *extra_flags)}
+    # a flag the command does not have is "not given" (bench has no budget flags)
+    names = (*COMMON_FLAGS, *extra_flags)
+    flags: dict[str, Any] = {name: getattr(args, name, None) for name in names}
     if flags.get("holdout_captures"):
         flags["split"] = "capture"
     exp = load_experiment_settings(args.config, quick=args.quick, flags=flags)

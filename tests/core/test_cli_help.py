@@ -40,3 +40,22 @@ def test_help_has_a_description_without_markup(
 def test_classify_help_is_classify_own(capsys: pytest.CaptureFixture[str]) -> None:
     text = _output(["client", "classify", "--help"], capsys)
     assert "--alerts-only" in text and "--input" in text
+
+
+EXPERIMENT_ONLY = ("--strategies", "--attack", "--malicious", "--defense", "--seeds", "--partition")
+BUDGET = ("--clients", "--rounds", "--local-steps", "--model")
+
+
+def _flags(text: str) -> set[str]:
+    return {word.strip(",[]") for word in text.split() if word.startswith("--")}
+
+
+def test_baseline_and_bench_list_only_flags_they_use(capsys: pytest.CaptureFixture[str]) -> None:
+    experiment = _flags(_output(["experiment", "--help"], capsys))
+    baseline = _flags(_output(["baseline", "--help"], capsys))
+    bench = _flags(_output(["bench", "models", "--help"], capsys))
+    assert set(EXPERIMENT_ONLY) | set(BUDGET) <= experiment
+    assert not baseline & set(EXPERIMENT_ONLY)  # no federation in a baseline
+    assert set(BUDGET) <= baseline  # it trains clients x rounds x local-steps steps
+    assert not bench & (set(EXPERIMENT_ONLY) | set(BUDGET))  # --steps and --models instead
+    assert {"--steps", "--models", "--split", "--quick"} <= bench
