@@ -12,12 +12,17 @@ import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedllm_core.errors import run_command
+import structlog
+
+from fedllm_core.errors import FedllmError, run_command
 from fedllm_core.logging import configure_logging
 from fedllm_core.settings import load_settings
 from fedllm_core.version import version_text
+
+if TYPE_CHECKING:
+    from fedllm_server.settings import ServerSettings
 
 DESCRIPTION = (
     "Run the federation server daemon: aggregate LoRA updates from clients over mutual TLS."
@@ -56,6 +61,19 @@ def run(args: argparse.Namespace) -> int:
         ServerSettings, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args)
     )
     configure_logging(settings.logging.level, json=settings.logging.json_lines, component="server")
+    try:
+        return _start_and_serve(settings)
+    except FedllmError as exc:  # also as one event, for whoever reads the structured log
+        structlog.get_logger("fedllm.server").error(
+            "fatal_error", error=str(exc), exit_code=int(exc.exit_code)
+        )
+        raise
+
+
+def _start_and_serve(settings: ServerSettings) -> int:
+    from fedllm_server.preflight import check_tls_files
+
+    check_tls_files(settings)  # seconds before the model would be built
     from fedllm_server.daemon import serve_forever
     from fedllm_server.evaluation import CentralModel
     from fedllm_server.gc_pacing import with_gc_pacing
