@@ -20,12 +20,8 @@ def check_tls_files(settings: ServerSettings) -> None:
     if settings.insecure:
         return
     tls = settings.tls
-    files = {
-        "tls.ca": tls.ca,
-        "tls.cert": tls.cert,
-        "tls.key": tls.key,
-        "tls.revocation_list": tls.revocation_list,
-    }
+    # not tls.revocation_list: a deny-list that does not exist yet means nothing is revoked
+    files = {"tls.ca": tls.ca, "tls.cert": tls.cert, "tls.key": tls.key}
     missing = [
         f"{key} = {path}" for key, path in files.items() if path and not Path(path).is_file()
     ]

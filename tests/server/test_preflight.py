@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fedllm_core.certs import make_federation_pki
 from fedllm_core.errors import CertificateError
 from fedllm_server.preflight import check_tls_files
 from fedllm_server.settings import ServerSettings
@@ -47,3 +48,16 @@ def test_the_daemon_exits_77_with_a_json_fatal_event(tmp_path: Path) -> None:
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     (fatal,) = [e for e in events if e.get("event") == "fatal_error"]
     assert fatal["exit_code"] == 77 and "tls.key" in fatal["error"]
+
+
+def test_good_files_pass_and_a_deny_list_not_written_yet_means_nothing_revoked(
+    tmp_path: Path,
+) -> None:
+    pki = make_federation_pki(tmp_path / "pki")
+    tls = {"ca": pki.ca_cert, "cert": pki.server_cert, "key": pki.server_key}
+    # `fedllm certs revoke` writes the deny-list on the first revocation
+    denied = {**tls, "revocation_list": tmp_path / "pki" / "revoked.json"}
+    check_tls_files(ServerSettings(tls=denied, state_dir=tmp_path / "state"))
+    swapped = {**tls, "cert": pki.ca_cert}  # a certificate that is not the server's
+    with pytest.raises(CertificateError):
+        check_tls_files(ServerSettings(tls=swapped, state_dir=tmp_path / "state"))
