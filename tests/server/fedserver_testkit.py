@@ -24,6 +24,7 @@ from fedllm_proto.errors import ProtocolError
 from fedllm_proto.messages import (
     PROTOCOL_VERSIONS,
     Ack,
+    ByeCode,
     Error,
     GlobalModel,
     Hello,
@@ -345,3 +346,31 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig if sig is not None else signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+def run_with_daemon(settings: Any, attack: Any, timeout_s: float = 30.0) -> Any:
+    """Start an in-process server daemon, await ``attack(running)`` (bounded), stop it."""
+    from fedllm_server.daemon import start
+    from fedllm_server.evaluation import CentralModel
+
+    async def run() -> Any:
+        running = await start(settings, CentralModel(settings), install_signals=False)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await attack(running)
+        finally:
+            running.state.request_stop("test done")
+            await asyncio.wait_for(running.wait(), 60)
+
+    return asyncio.run(run())
+
+
+async def bye_code(client: ScriptedClient) -> ByeCode | None:
+    """Read (global models, acks) until the server ends the conversation; its Bye's code."""
+    assert client.peer is not None
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                await client.peer.recv()
+    except PeerClosed as exc:
+        return exc.bye.code if exc.bye is not None else None

@@ -14,14 +14,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fedserver_testkit import ScriptedClient, tiny_settings_dict
+from fedserver_testkit import ScriptedClient, run_with_daemon, tiny_settings_dict
 
 from fedllm_proto.connection import Connection, NeedData
 from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Error, Hello, Welcome
 from fedllm_proto.states import Role
-from fedllm_server.daemon import Running, start
-from fedllm_server.evaluation import CentralModel
+from fedllm_server.daemon import Running
 from fedllm_server.settings import ServerSettings
 
 GSFS = {"name": "gsfs", "federation_size_source": "explicit", "federation_size": 3}  # K = 2
@@ -29,18 +28,9 @@ ATTACKER = "127.0.0.2"
 
 
 def _with_daemon(tmp_path: Path, attack: Callable[[Running], Awaitable[Any]]) -> Any:
-    async def run() -> Any:
-        cfg = tiny_settings_dict(tmp_path / "state", None, GSFS, insecure_names_per_address=1)
-        settings = ServerSettings.model_validate(cfg)
-        running = await start(settings, CentralModel(settings), install_signals=False)
-        try:
-            async with asyncio.timeout(30):
-                return await attack(running)
-        finally:
-            running.state.request_stop("test done")
-            await asyncio.wait_for(running.wait(), 60)
-
-    return asyncio.run(run())
+    cfg = tiny_settings_dict(tmp_path / "state", None, GSFS, insecure_names_per_address=1)
+    settings = ServerSettings.model_validate(cfg)
+    return run_with_daemon(settings, attack)
 
 
 async def _hello_from(running: Running, name: str) -> Welcome | Error:

@@ -13,7 +13,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from fedserver_testkit import ScriptedClient, ServerProcess, tiny_settings_dict, to_toml
+from fedserver_testkit import ScriptedClient, ServerProcess, bye_code, tiny_settings_dict, to_toml
 
 from fedllm_core.certs import PkiPaths, make_federation_pki, revoke
 from fedllm_proto.errors import ErrorCode
@@ -29,16 +29,6 @@ def _client(pki: PkiPaths, name: str, port: int, fingerprint: str) -> ScriptedCl
     paths = pki.clients[name]
     ctx = client_context(pki.ca_cert, paths.cert, paths.key)
     return ScriptedClient(name, "127.0.0.1", port, ctx, fingerprint)
-
-
-async def _bye_code(client: ScriptedClient) -> ByeCode | None:
-    assert client.peer is not None
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                await client.peer.recv()
-    except PeerClosed as exc:
-        return exc.bye.code if exc.bye is not None else None
 
 
 async def _reconnect_answer(pki: PkiPaths, port: int, fingerprint: str) -> object:
@@ -73,7 +63,7 @@ def test_sighup_ends_a_revoked_clients_session_and_refuses_its_return(tmp_path: 
         serving = asyncio.create_task(other.serve())
         revoke(pki.dir, "client-1")
         server.proc.send_signal(signal.SIGHUP)
-        code = await _bye_code(revoked)
+        code = await bye_code(revoked)
         answer = await _reconnect_answer(pki, port, fingerprint)
         await other.upload_per_version(1, timeout_s=60)  # client-2 carries on
         await other.close()

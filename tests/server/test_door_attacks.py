@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
-from fedserver_testkit import ScriptedClient, tiny_settings_dict
+from fedserver_testkit import ScriptedClient, run_with_daemon, tiny_settings_dict
 
 from fedllm_proto import frames
 from fedllm_proto.connection import Connection, NeedData
@@ -23,8 +23,7 @@ from fedllm_proto.errors import ErrorCode
 from fedllm_proto.frames import Flags, FrameType
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Error, GlobalModel, Hello, Message
 from fedllm_proto.states import Role
-from fedllm_server.daemon import Running, start
-from fedllm_server.evaluation import CentralModel
+from fedllm_server.daemon import Running
 from fedllm_server.metrics_log import read_metrics
 from fedllm_server.settings import ServerSettings
 
@@ -37,17 +36,8 @@ def _settings(tmp_path: Path) -> ServerSettings:
 
 
 def _with_daemon(tmp_path: Path, attack: Callable[[Running], Awaitable[Any]]) -> Any:
-    async def run() -> Any:
-        settings = _settings(tmp_path)
-        running = await start(settings, CentralModel(settings), install_signals=False)
-        try:
-            async with asyncio.timeout(30):
-                return await attack(running)
-        finally:
-            running.state.request_stop("test done")
-            await asyncio.wait_for(running.wait(), 60)
-
-    return asyncio.run(run())
+    settings = _settings(tmp_path)
+    return run_with_daemon(settings, attack)
 
 
 async def _next(conn: Connection, reader: asyncio.StreamReader, kind: type[M]) -> M:

@@ -8,12 +8,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from fedserver_testkit import ScriptedClient, tiny_settings_dict
+from fedserver_testkit import ScriptedClient, bye_code, tiny_settings_dict
 
 from fedllm_core.certs import PkiPaths, make_federation_pki, revoke
 from fedllm_proto.messages import ByeCode
 from fedllm_proto.tls import client_context
-from fedllm_proto.transport import PeerClosed
 from fedllm_server.daemon import Running, start
 from fedllm_server.evaluation import CentralModel
 from fedllm_server.settings import ServerSettings
@@ -35,20 +34,9 @@ async def _joined(running: Running, pki: PkiPaths, name: str) -> ScriptedClient:
     return client
 
 
-async def _bye_code(client: ScriptedClient) -> ByeCode | None:
-    """Read (global models, acks) until the server ends the conversation; its Bye's code."""
-    assert client.peer is not None
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                await client.peer.recv()
-    except PeerClosed as exc:
-        return exc.bye.code if exc.bye is not None else None
-
-
 async def _ending(client: ScriptedClient, running: Running) -> tuple[ByeCode | None, int]:
     """The client's Bye code and the server's exit code (the Bye goes out while it stops)."""
-    code, exit_code = await asyncio.gather(_bye_code(client), asyncio.wait_for(running.wait(), 60))
+    code, exit_code = await asyncio.gather(bye_code(client), asyncio.wait_for(running.wait(), 60))
     return code, exit_code
 
 
@@ -86,7 +74,7 @@ def test_sighup_reload_sends_revoked_to_a_connected_client_it_revokes(tmp_path: 
         await _joined(running, pki, "client-2")
         revoke(pki.dir, "client-1")
         running.reload_revocations()  # what the SIGHUP handler calls
-        code = await _bye_code(revoked)
+        code = await bye_code(revoked)
         async with asyncio.timeout(30):
             while "client-1" in running.state.sessions:
                 await asyncio.sleep(0.01)
