@@ -8,7 +8,6 @@ Exit codes (fedllm_core.errors.ExitCode): 0 after a clean stop (SIGTERM or
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -79,12 +78,10 @@ def _start_and_serve(settings: ServerSettings) -> int:
     from fedllm_server.gc_pacing import with_gc_pacing
 
     central = CentralModel(settings)  # slow (torch, tokenizer): before READY, on purpose
-    # What that built (torch, the model, the tokenizer: ~460k objects) lives as long as the
-    # process. Out of the cyclic GC's reach, each full collection stops walking it on the
-    # loop's thread: 234 ms of every full collection, measured on the default model. Here,
-    # not in the daemon's start(): tests run many daemons in one process.
-    # Connections made later are frozen by the pacer (fedllm_server/gc_pacing.py).
-    gc.freeze()
+    # The GC pacer's first act freezes what that built (torch, the model, the tokenizer:
+    # ~460k objects, 234 ms of every full collection on the default model), later ones the
+    # connections (fedllm_server/gc_pacing.py). Here, not in the daemon's start(): tests run
+    # many daemons in one process.
     return _run_loop(with_gc_pacing(serve_forever(settings, central)))
 
 
