@@ -10,12 +10,11 @@ decoded views are aligned. Lossy encodings touch float tensors only.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-import ml_dtypes
 import msgpack
 import numpy as np
 
@@ -26,15 +25,44 @@ from fedllm_proto.limits import Limits
 
 TensorDict = dict[str, np.ndarray]
 ALIGN = 64  # segment alignment inside a body (a cache line)
-ALLOWED_DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype("<f4"),
-    "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "int8": np.dtype("i1"),
-    "int32": np.dtype("<i4"),
-    "int64": np.dtype("<i8"),
-    "uint8": np.dtype("u1"),
-}
+
+
+class _WireDtypes(Mapping[str, np.dtype]):
+    """Wire dtype name -> numpy dtype. bfloat16's comes from ml_dtypes, imported on first use:
+    that import costs about a second of CPU, and a bad settings file (settings reach this
+    module through fedllm_proto.messages) must fail fast. An array can only be bfloat16 once
+    ml_dtypes is loaded, so checking a name never needs it."""
+
+    def __init__(self) -> None:
+        self._dtypes: dict[str, np.dtype | None] = {
+            "float32": np.dtype("<f4"),
+            "float16": np.dtype("<f2"),
+            "bfloat16": None,  # ml_dtypes.bfloat16, on first lookup
+            "int8": np.dtype("i1"),
+            "int32": np.dtype("<i4"),
+            "int64": np.dtype("<i8"),
+            "uint8": np.dtype("u1"),
+        }
+
+    def __getitem__(self, name: str) -> np.dtype:
+        dtype = self._dtypes[name]
+        if dtype is None:
+            import ml_dtypes
+
+            dtype = self._dtypes[name] = np.dtype(ml_dtypes.bfloat16)
+        return dtype
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dtypes)
+
+    def __len__(self) -> int:
+        return len(self._dtypes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._dtypes
+
+
+ALLOWED_DTYPES: Mapping[str, np.dtype] = _WireDtypes()
 FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 _PAD = bytes(ALIGN)
 

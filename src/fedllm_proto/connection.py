@@ -26,7 +26,15 @@ from fedllm_proto.errors import (
 )
 from fedllm_proto.frames import FrameHeader, FrameType
 from fedllm_proto.limits import Limits
-from fedllm_proto.messages import PROTOCOL_VERSIONS, Error, Heartbeat, Hello, Message, Welcome
+from fedllm_proto.messages import (
+    PROTOCOL_VERSIONS,
+    Bye,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    Welcome,
+)
 from fedllm_proto.reader import FrameReader
 from fedllm_proto.states import Direction, Role, State, next_state
 from fedllm_proto.wire import Buffer, EncodedMessage, encode_message
@@ -88,6 +96,9 @@ class Connection:
         self.protocol_version: int | None = None  # set by version negotiation
         self.offered_versions: tuple[int, ...] = ()  # the peer's (server) / our (client) Hello
         self.peer_hello: Hello | None = None
+        # We sent Bye: until the link ends, frames still arriving are read and dropped (a
+        # Bye or Error among them is reported) instead of being protocol errors.
+        self.said_bye = False
         self._events: deque[Message | ConnectionClosed] = deque()
         self._failure: _Failure | None = None
         self._last_recv = now
@@ -152,7 +163,7 @@ class Connection:
     def _on_header(self, frame: FrameHeader) -> None:
         if self.protocol_version is not None and frame.version != self.protocol_version:
             raise remote(ErrorCode.BAD_FRAME, f"frame version {frame.version} after negotiation")
-        if frame.type is FrameType.CHUNK:
+        if frame.type is FrameType.CHUNK or self._after_our_bye:
             return
         if next_state(self.role, self.state, Direction.RECV, frame.type) is None:
             raise remote(
@@ -162,7 +173,15 @@ class Connection:
             cap = self.limits.max_handshake_bytes  # the peer is not even greeted yet
             frames.check_size(frame, cap, cap)
 
+    @property
+    def _after_our_bye(self) -> bool:
+        return self.said_bye and self.state is State.CLOSED
+
     def _on_message(self, msg: Message) -> None:
+        if self._after_our_bye:
+            if isinstance(msg, Bye | Error):
+                self._events.append(msg)
+            return
         nxt = next_state(self.role, self.state, Direction.RECV, msg.TYPE)
         assert nxt is not None  # _on_header already refused illegal types
         if isinstance(msg, Hello):
@@ -240,6 +259,7 @@ class Connection:
         nxt = next_state(self.role, self.state, Direction.SEND, msg.TYPE)
         assert nxt is not None
         self.state = nxt
+        self.said_bye = self.said_bye or isinstance(msg, Bye)
         self._last_send = now
         return [b for frame in encoded.frames for b in frame]
 

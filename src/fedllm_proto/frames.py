@@ -36,6 +36,7 @@ class FrameType(IntEnum):
     HEARTBEAT = 8
     ERROR = 9
     BYE = 10
+    TUNING = 11
     CHUNK = 32
 
 
@@ -49,7 +50,12 @@ class Flags(IntFlag):
 # ever an attempt to make the receiver decompress (a bomb, or CPU): refused at the header.
 NEVER_COMPRESSED = frozenset({FrameType.HEARTBEAT, FrameType.ACK, FrameType.TRAIN_REQUEST})
 # Small messages capped by Limits.max_control_bytes instead of max_frame_bytes.
-CONTROL_TYPES = NEVER_COMPRESSED | {FrameType.REJECT, FrameType.ERROR, FrameType.BYE}
+CONTROL_TYPES = NEVER_COMPRESSED | {
+    FrameType.REJECT,
+    FrameType.ERROR,
+    FrameType.BYE,
+    FrameType.TUNING,
+}
 KNOWN_FLAGS = Flags.COMPRESSED | Flags.LOSSY
 # As a plain int: on 3.11 `~KNOWN_FLAGS` is the complement *within the members* (Flags(0)),
 # so `flags & ~KNOWN_FLAGS` would be 0 for every reserved bit.

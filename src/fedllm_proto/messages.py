@@ -143,6 +143,9 @@ class Hello(_Base):
     sample_count: int
     last_global_version: int = -1
     client_name: str = ""  # identity only in --insecure plain-TCP mode (no certificate)
+    # part -> short hash (base_model, lora, labels, template, privacy): lets a fingerprint
+    # mismatch name what differs. Optional; older clients send none.
+    fingerprint_parts: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         versions, caps = self.protocol_versions, self.capabilities
@@ -160,6 +163,14 @@ class Hello(_Base):
         _int("sample_count", self.sample_count, 0)
         _int("last_global_version", self.last_global_version, -1)
         _str("client_name", self.client_name)
+        parts = self.fingerprint_parts
+        if not isinstance(parts, Mapping) or len(parts) > 16:
+            raise InvalidMessage("fingerprint_parts must be a mapping of <= 16 entries")
+        _set(self, "fingerprint_parts", _mapping("fingerprint_parts", parts, _part_hash))
+
+
+def _part_hash(name: str, value: Any) -> None:
+    _str(name, value, 64, empty=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +198,16 @@ class GlobalModel(_Base):
     TYPE: ClassVar[FrameType] = FrameType.GLOBAL_MODEL
     version: int
     tensors: TensorDict = field(compare=False, repr=False)
+    # raw, fp16 or int8 (never topk: a model is dense). A lossy one goes only to clients whose
+    # Hello lists "global_encodings"; the server's own θ^v is then the decoded tensors.
+    encoding: Encoding = Encoding.RAW
 
     def __post_init__(self) -> None:
         _int("version", self.version, 0)
         _set(self, "tensors", _tensors(self.tensors))
+        _set(self, "encoding", _enum(Encoding, "encoding", self.encoding))
+        if self.encoding is Encoding.TOPK:
+            raise InvalidMessage("encoding: a global model is dense, topk is for updates")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +272,32 @@ class Reject(_Base):
         _str("detail", self.detail, MAX_TEXT)
 
 
+MAX_KAPPA = 100.0  # a τ_ℓ beyond μ + 100·s never fires: larger values are an error
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning(_Base):
+    """Server -> client (only to clients whose Hello lists the ``tuning`` capability): the GSFS
+    trigger thresholds the feedback loop chose at global version ``version`` (docs/feedback.md).
+    The client uses them from its next trigger check until the next Tuning."""
+
+    TYPE: ClassVar[FrameType] = FrameType.TUNING
+    version: int
+    perf_delta: float  # δ_perf, a change of the trigger metric: [0, 1]
+    kappa: float  # κ of the gradient-norm threshold: [0, MAX_KAPPA]
+
+    def __post_init__(self) -> None:
+        _int("version", self.version, 0)
+        delta = _float("perf_delta", self.perf_delta)
+        kappa = _float("kappa", self.kappa)
+        if not 0 <= delta <= 1:
+            raise InvalidMessage(f"perf_delta must lie in [0, 1], got {delta!r}")
+        if not 0 <= kappa <= MAX_KAPPA:
+            raise InvalidMessage(f"kappa must lie in [0, {MAX_KAPPA:g}], got {kappa!r}")
+        _set(self, "perf_delta", delta)
+        _set(self, "kappa", kappa)
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat(_Base):
     TYPE: ClassVar[FrameType] = FrameType.HEARTBEAT
@@ -286,7 +329,17 @@ class Bye(_Base):
 
 
 Message = (
-    Hello | Welcome | GlobalModel | TrainRequest | Update | Ack | Reject | Heartbeat | Error | Bye
+    Hello
+    | Welcome
+    | GlobalModel
+    | TrainRequest
+    | Update
+    | Ack
+    | Reject
+    | Heartbeat
+    | Error
+    | Bye
+    | Tuning
 )
 MESSAGE_TYPES: dict[FrameType, type[Message]] = {
     cls.TYPE: cls
@@ -301,6 +354,7 @@ MESSAGE_TYPES: dict[FrameType, type[Message]] = {
         Heartbeat,
         Error,
         Bye,
+        Tuning,
     )
 }
 TENSOR_MESSAGES = (GlobalModel, Update)

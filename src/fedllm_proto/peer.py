@@ -147,6 +147,7 @@ class WireProtocol(asyncio.BufferedProtocol):
                 return  # raised again by the caller's receive step
             if isinstance(event, Bye):
                 self._push(PeerClosed(f"bye: {event.reason}", bye=event))
+                self._close_on_bye()
             elif isinstance(event, Error):
                 self._push(PeerClosed(f"error {event.code.name}: {event.detail}", event))
             elif isinstance(event, ConnectionClosed):
@@ -178,6 +179,20 @@ class WireProtocol(asyncio.BufferedProtocol):
 
     async def wait(self) -> None:
         await self._wakeup.wait()
+
+    def _close_on_bye(self) -> None:
+        # Nothing may be sent after the peer's Bye, and the peer keeps the link up until we
+        # close (see drain_input): close now, flushing what is buffered, whatever the app does.
+        if self.transport is not None and not self._dead:
+            self.transport.close()
+
+    def drain_input(self) -> None:
+        """Keep reading after our Bye: the connection drops what the peer still sends (the
+        rest of an upload it was writing when our Bye went out) and reports only its Bye,
+        so the link stays up until the peer closes in turn."""
+        if self._reading_paused and self.transport is not None and not self._dead:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def fail(self, exc: ProtocolError, event: str) -> None:
         """Log why, tell the peer with an Error frame, close, and surface the error."""
@@ -337,18 +352,36 @@ class Peer:
 
     async def _close(self, reason: str, code: ByeCode) -> None:
         transport = self._proto.transport
+        said_bye = False
         try:
             async with asyncio.timeout(self._timeouts.bye_s):
                 async with self._lock:
                     if self._conn.state not in (State.CLOSED, State.ERROR, State.IDLE):
                         bye = Bye(reason[:4096], code)
                         await self._write(self._conn.send_buffers(bye, _now()))
+                        said_bye = True
         except (PeerClosed, TimeoutError, OSError, LocalProtocolError):
             pass
         self._timer.cancel()
-        if transport is not None:
-            transport.close()
-            await self._flushed(transport)
+        if transport is None:
+            return
+        if said_bye and await self._peer_closed_after_bye():
+            return
+        transport.close()
+        await self._flushed(transport)
+
+    async def _peer_closed_after_bye(self) -> bool:
+        # Closing TLS at once would make any bytes the peer is still sending (the tail of an
+        # upload) an SSL error (application data after close_notify) that aborts the transport
+        # and drops what we had buffered, often the tail of a model sent just before the Bye.
+        # So the side that says Bye keeps reading, drops the rest, and lets the peer, which
+        # closes on Bye, close first; a peer that does not is closed on after close_flush_s.
+        self._proto.drain_input()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._proto.lost), self._timeouts.close_flush_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _flushed(self, transport: asyncio.Transport) -> None:
         # close() only schedules the flush of what is still buffered (the Bye, perhaps the tail
@@ -370,8 +403,11 @@ class Peer:
             deadline = self._conn.get_timer()
             delay = 1.0 if deadline is None else max(0.0, deadline - loop.time())
             # A received message can move the deadline (Welcome sets the heartbeat interval).
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns normally when the kick
+            # and a cancel land in the same turn, and this loop then outlived its cancel.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proto.timer_kick.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._proto.timer_kick.wait()
             self._proto.timer_kick.clear()
             self._tick(loop.time())
 

@@ -46,6 +46,7 @@ _CORE: dict[tuple[Role, State, Direction], dict[T, State]] = {
         T.TRAIN_REQUEST: State.OPEN,
         T.ACK: State.OPEN,
         T.REJECT: State.OPEN,
+        T.TUNING: State.OPEN,
     },
     (Role.SERVER, State.IDLE, R): {T.HELLO: State.HELLO_RECEIVED},
     (Role.SERVER, State.HELLO_RECEIVED, S): {
@@ -57,6 +58,7 @@ _CORE: dict[tuple[Role, State, Direction], dict[T, State]] = {
         T.TRAIN_REQUEST: State.OPEN,
         T.ACK: State.OPEN,
         T.REJECT: State.OPEN,
+        T.TUNING: State.OPEN,
     },
     (Role.SERVER, State.OPEN, R): {T.UPDATE: State.OPEN},
 }

@@ -29,6 +29,7 @@ from fedllm_proto.messages import (
     RejectCode,
     TrainRequest,
     TriggerReason,
+    Tuning,
     Update,
     Welcome,
 )
@@ -88,6 +89,7 @@ def server_messages() -> list[Message]:
         TrainRequest(2, 4, 50, 30.0),
         Ack("upd-1", 5),
         Reject("upd-2", RejectCode.TOO_STALE, "base 1 < 3"),
+        Tuning(4, 0.03, 4.0),
         Heartbeat(),
     ]
 

@@ -81,7 +81,7 @@ def _configure(ctx: ssl.SSLContext, ca_path: Path, cert_path: Path, key_path: Pa
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ca = _load_ca(ctx, ca_path)
-    _load_chain(ctx, cert_path, key_path, ca)
+    _load_chain(ctx, cert_path, key_path, ca, ca_path)
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_path: Path) -> x509.Certificate:
@@ -93,9 +93,11 @@ def _load_ca(ctx: ssl.SSLContext, ca_path: Path) -> x509.Certificate:
     return ca
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_path: Path, key_path: Path, ca: x509.Certificate) -> None:
+def _load_chain(
+    ctx: ssl.SSLContext, cert_path: Path, key_path: Path, ca: x509.Certificate, ca_path: Path
+) -> None:
     cert = load_certificate(cert_path)
-    _check_issued_by(cert, cert_path, ca)
+    _check_issued_by(cert, cert_path, ca, ca_path)
     _check_validity(cert, cert_path)
     if not key_path.is_file():
         raise CertificateError(f"private key {key_path} not found")
@@ -112,14 +114,25 @@ def _load_chain(ctx: ssl.SSLContext, cert_path: Path, key_path: Path, ca: x509.C
     _warn_if_key_exposed(key_path)
 
 
-def _check_issued_by(cert: x509.Certificate, cert_path: Path, ca: x509.Certificate) -> None:
+def _check_issued_by(
+    cert: x509.Certificate, cert_path: Path, ca: x509.Certificate, ca_path: Path
+) -> None:
     # Caught here, a certificate from the wrong CA is one clear start-up error instead of every
-    # peer failing its handshake with "unknown ca".
+    # peer failing its handshake with "unknown ca". Which of the two files is wrong cannot be
+    # told from them (a CA file copied from another federation is as likely as a certificate
+    # issued by it), so the error names both, and what each says.
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
+        issuer, holder = cert.issuer.rfc4514_string(), ca.subject.rfc4514_string()
+        how = (
+            f"both name {holder!r}, but that CA's key did not sign it (another CA of that name)"
+            if issuer == holder
+            else f"its issuer is {issuer!r}, the CA file holds {holder!r}"
+        )
         raise CertificateError(
-            f"certificate {cert_path} was not issued by the federation CA"
+            f"certificate {cert_path} was not issued by the CA certificate {ca_path}: {how}; "
+            "either the CA file is another federation's or the certificate is"
         ) from None
 
 

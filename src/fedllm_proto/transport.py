@@ -2,15 +2,17 @@
 
 Rules: plain TCP only when ``ssl_context`` is None (the daemons gate that behind --insecure).
 The server accepts sockets itself and wraps each one (``connect_accepted_socket``), so every
-refusal -- plaintext into TLS, wrong or missing certificate, revoked client, handshake timeout -- is
-logged once as ``peer_refused`` with the address and a readable reason, and only that peer is
-dropped. A peer refused after a successful TLS handshake (revoked, no client id) is first told
-so with an Error(UNAUTHORIZED) frame: it must not mistake the refusal for a lost link.
-Connection caps (``fedllm_proto.admission``) are applied at the accept, before the TLS
-handshake; every refusal, at the caps or in TLS, is also reported to ``on_refused`` with a
-short reason for the server's counters. Identity and revocation come from
-``fedllm_proto.tls``. uvloop is used by ``run`` when installed. Time given to
-Connections is ``loop.time()`` (monotonic).
+refusal -- plaintext into TLS, wrong or missing certificate, revoked client, handshake timeout
+-- is logged as ``peer_refused`` with the address and a readable reason, and only that peer is
+dropped. Failed TLS handshakes and failed accepts (``accept_failed``, e.g. EMFILE) are logged at
+most ``LOG_BURST`` times per ``LOG_EVERY_S`` each, with ``suppressed``: how many went unlogged
+before that event (a flood of them must not flood the log; the counters still see every one). A
+peer refused after a successful TLS handshake (revoked, no client id) is first told so with an
+Error(UNAUTHORIZED) frame: it must not mistake the refusal for a lost link. Connection caps
+(``fedllm_proto.admission``) are applied at the accept, before the TLS handshake; every refusal,
+at the caps or in TLS, is also reported to ``on_refused`` with a short reason for the server's
+counters. Identity and revocation come from ``fedllm_proto.tls``. uvloop is used by ``run`` when
+installed. Time given to Connections is ``loop.time()`` (monotonic).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from fedllm_proto import tls
-from fedllm_proto.admission import Admission, OnRefused
+from fedllm_proto.admission import LOG_BURST, LOG_EVERY_S, Admission, LogThrottle, OnRefused
 from fedllm_proto.connection import Connection
 from fedllm_proto.errors import ErrorCode, ProtocolError
 from fedllm_proto.limits import Limits
@@ -120,6 +122,9 @@ class Server(asyncio.AbstractServer):
         self._cfg = cfg
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        # a flood (EMFILE, failed TLS handshakes) logs a burst per period, then counts
+        self._accept_failures = LogThrottle(LOG_EVERY_S, LOG_BURST)
+        self._tls_failures = LogThrottle(LOG_EVERY_S, LOG_BURST)
         self._accepting = self._loop.create_task(self._accept_loop())
 
     @property
@@ -152,7 +157,9 @@ class Server(asyncio.AbstractServer):
             try:
                 sock, addr = await self._loop.sock_accept(self._sock)
             except OSError as exc:  # EMFILE and friends: keep serving the others
-                log.error("accept_failed", error=str(exc))
+                if self._accept_failures.allow(self._loop.time()):
+                    suppressed = self._accept_failures.suppressed
+                    log.error("accept_failed", error=str(exc), suppressed=suppressed)
                 await asyncio.sleep(0.1)
                 continue
             host, address = str(addr[0]), f"{addr[0]}:{addr[1]}"
@@ -207,7 +214,9 @@ class Server(asyncio.AbstractServer):
         except (OSError, ssl.SSLError, EOFError, TimeoutError) as exc:
             reason = _handshake_reason(exc)
             cfg.refused(_handshake_kind(exc), address)
-        log.warning("peer_refused", address=address, reason=reason)
+        if self._tls_failures.allow(self._loop.time()):
+            suppressed = self._tls_failures.suppressed  # refused since the last event
+            log.warning("peer_refused", address=address, reason=reason, suppressed=suppressed)
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         sock.close()

@@ -74,7 +74,7 @@ def encode_message(msg: Message, version: int, limits: Limits) -> EncodedMessage
     if not isinstance(msg, GlobalModel | Update):
         frame = _payload_frame(version, msg.TYPE, msgpack.packb(fields), Flags.NONE, limits)
         return _done(msg.TYPE, version, [frame])
-    encoding = msg.encoding if isinstance(msg, Update) else Encoding.RAW
+    encoding = msg.encoding
     body = encode_tensors(msg.tensors, encoding)
     fields["manifest"] = [s.to_wire() for s in body.specs]
     flags = Flags.LOSSY if encoding.lossy else Flags.NONE
@@ -142,11 +142,10 @@ def tensor_header(ftype: FrameType, fields: dict[str, Any], flags: Flags) -> tup
     """Split a tensor message's header fields into (raw manifest, encoding) and check the flag."""
     manifest = fields.pop("manifest", None)
     encoding = Encoding.RAW
-    if ftype is FrameType.UPDATE:
-        try:
-            encoding = Encoding(fields.get("encoding", "raw"))
-        except ValueError:
-            raise remote(ErrorCode.BAD_MESSAGE, "unknown encoding") from None
+    try:  # GLOBAL_MODEL without the key (older servers): raw
+        encoding = Encoding(fields.get("encoding", "raw"))
+    except ValueError:
+        raise remote(ErrorCode.BAD_MESSAGE, "unknown encoding") from None
     if bool(flags & Flags.LOSSY) != encoding.lossy:
         raise remote(ErrorCode.BAD_MESSAGE, "LOSSY flag disagrees with the encoding")
     return manifest, encoding

@@ -240,6 +240,29 @@ def test_bye_in_the_middle_of_a_transfer_drops_the_partial_message() -> None:
     assert events == [Bye("abort")]
 
 
+def test_after_our_bye_late_messages_are_dropped_and_only_the_peers_bye_is_reported() -> None:
+    """The server said Bye while the client was still uploading: the rest of that upload is
+    no protocol error (the link must stay up until the client closes), and the client's own
+    Bye is what ends it."""
+    client, server = open_pair(SMALL_CHUNKS)
+    frames = _frames(update(), SMALL_CHUNKS)
+    head = b"".join(b"".join(f) for f in frames[: len(frames) // 2])
+    tail = b"".join(b"".join(f) for f in frames[len(frames) // 2 :])
+    assert feed(server, [head]) == []
+    server.send(Bye("finished"), 0.0)
+    late = [tail, client.send(update(), 0.0), client.send(Bye("shutdown"), 0.0)]
+    assert feed(server, late) == [Bye("shutdown")]
+    assert server.state is State.CLOSED
+
+
+def test_a_connection_that_did_not_say_bye_still_refuses_messages_after_the_peers() -> None:
+    client, server = open_pair()
+    feed(server, [client.send(Bye("shutdown"), 0.0)])
+    with pytest.raises(RemoteProtocolError) as err:
+        server.receive_data(b"".join(b"".join(f) for f in _frames(update(), Limits())), 0.0)
+    assert err.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
 def test_another_message_inside_a_transfer_is_refused() -> None:
     client, server = open_pair(SMALL_CHUNKS)
     frames = _frames(update(), SMALL_CHUNKS)

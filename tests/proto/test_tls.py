@@ -133,8 +133,17 @@ def test_garbage_key_is_named(fed: certs.PkiPaths, tmp_path: Path) -> None:
 
 def test_certificate_from_another_ca_is_refused_at_start(pki: Any) -> None:
     foreign = pki.foreign.clients["client-1"]
-    with pytest.raises(CertificateError, match="not issued by the federation CA"):
+    with pytest.raises(CertificateError, match="not issued by the CA certificate"):
         tls.client_context(pki.federation.ca_cert, foreign.cert, foreign.key)
+
+
+def test_a_wrong_ca_file_is_named_not_only_the_certificate(pki: Any) -> None:
+    # the client's own certificate is the federation's; its tls.ca is another federation's
+    own = pki.federation.clients["client-1"]
+    with pytest.raises(CertificateError) as failed:
+        tls.client_context(pki.foreign.ca_cert, own.cert, own.key)
+    message = str(failed.value)
+    assert str(pki.foreign.ca_cert) in message and "the CA file is another federation's" in message
 
 
 def _expired_client(pki: certs.PkiPaths) -> tuple[Path, Path]:

@@ -401,3 +401,48 @@ def test_a_big_send_to_a_fast_reader_still_gives_the_loop_turns() -> None:
     with capture_logs():
         runs(main)
     assert turns_during_send[0] >= size // YIELD_BYTES // 2
+
+
+def test_a_model_sent_before_bye_arrives_whole_while_the_client_is_still_uploading(
+    pki: Any,
+) -> None:
+    """The server publishes a model and says Bye while the client is in the middle of an
+    upload (a federation's last version under load). Closing TLS at once made the client's
+    late upload bytes an SSL error that aborted the transport and dropped the model's tail:
+    the server must keep reading (and discard) until the client closes in turn."""
+    big = {"w": np.arange(4 * 2**20, dtype=np.float32)}  # 16 MiB: more than socket buffers
+
+    async def on_peer(peer: Peer) -> None:
+        await peer.recv()
+        await peer.send(Welcome(peer.protocol_version, peer.peer_id, "gsfs", {}, 0, 5.0))
+        await peer.recv()  # the client is uploading now, and keeps doing so
+        await peer.send_prepared(prepare(GlobalModel(1, big)))
+        await peer.close("finished")
+
+    async def keep_uploading(peer: Peer) -> None:
+        with contextlib.suppress(PeerClosed):
+            while True:
+                await peer.send(update(tensors={"d": np.ones(2**18, dtype=np.float32)}))
+
+    async def main() -> None:
+        server = await serve(on_peer, ssl_context=pki.server_context())
+        peer = await connect(
+            "127.0.0.1",
+            server.sockets[0].getsockname()[1],
+            ssl_context=pki.client_context("client-1"),
+            server_hostname="localhost",
+        )
+        await peer.send(hello())
+        await peer.recv()  # Welcome
+        uploads = asyncio.ensure_future(keep_uploading(peer))
+        model = await peer.recv()
+        with pytest.raises(PeerClosed, match="finished"):
+            await peer.recv()
+        assert isinstance(model, GlobalModel)
+        assert np.array_equal(model.tensors["w"], big["w"])
+        await peer.close()
+        await uploads
+        server.close()
+
+    with capture_logs():
+        runs(main)
