@@ -3,16 +3,22 @@
 JSON lines when stderr is not a terminal or when running under systemd (``JOURNAL_STREAM`` or
 ``INVOCATION_ID`` set); coloured key=value lines on a terminal. Events are stable snake_case
 names with fields (see docs/events.md); bind ``client_id``, ``round``, ``model_version``.
+An error that ends a command is also one ``fatal_error`` event (``fatal_errors_logged``), even
+when it comes before the settings that configure logging could be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
+
+from fedllm_core.errors import FedllmError
 
 
 def _want_json(force: bool | None) -> bool:
@@ -59,3 +65,19 @@ def _add_component(component: str) -> Any:
 
 def get_logger(**bound: Any) -> Any:
     return structlog.get_logger().bind(**bound)
+
+
+@contextlib.contextmanager
+def fatal_errors_logged(component: str) -> Iterator[None]:
+    """Log a ``FedllmError`` ending the block as one ``fatal_error`` event, then re-raise it
+    (``run_command`` prints it and exits with its code). Before the settings have configured
+    logging (a bad settings file) the defaults do: JSON under systemd or off a terminal."""
+    try:
+        yield
+    except FedllmError as exc:
+        if not structlog.is_configured():
+            configure_logging(component=component)
+        structlog.get_logger(f"fedllm.{component}").error(
+            "fatal_error", error=str(exc), exit_code=int(exc.exit_code)
+        )
+        raise

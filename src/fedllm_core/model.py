@@ -16,14 +16,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from fedllm_core.embedded import (
-    EMBEDDED_MINILM,
     embedded_tokenizer_dir,
     is_local,
     resolve_model_path,
@@ -37,7 +35,7 @@ from fedllm_core.lora import (
     trainable_parameters,
     trainable_state,
 )
-from fedllm_core.settings import FrozenSettings
+from fedllm_core.model_settings import ConfigValue, ModelSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -53,8 +51,6 @@ __all__ = [
     "resolve_model_path",
     "trainable_state",
 ]
-
-ConfigValue = int | float | str | bool
 
 # Starting point of a randomly initialised model named by model_type (tests, `bench models`):
 # two small layers; ``config_overrides`` are laid over these.
@@ -78,26 +74,6 @@ SMALL_CONFIGS: dict[str, dict[str, ConfigValue]] = {
         intermediate_size=256,
     ),
 }
-
-
-class ModelSettings(FrozenSettings):
-    """The ``[model]`` section shared by server and clients (all but device/dtype/threads must
-    agree across the federation; ``model_fingerprint`` checks that)."""
-
-    name: str = EMBEDDED_MINILM  # embedded:<key>, a local directory, a hub id, or (random) a type
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)  # 0: no extra copy of x per LoRA layer (CPU)
-    target_modules: tuple[str, ...] | None = None  # None: per-architecture default (lora.py)
-    train_head: bool = True
-    max_length: int = Field(64, ge=4, le=4096)  # tokens per prompt, truncation limit
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # frozen base weights + autocast compute; trainable state stays float32 whatever this says
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    torch_threads: int = Field(0, ge=0)  # 0: leave torch's default
-    random_init: bool = False  # random weights from a config: no weights file needed
-    config_overrides: dict[str, ConfigValue] = Field(default_factory=dict)
-    base_seed: int = 0  # seeds every frozen random weight (must agree across the federation)
 
 
 @dataclass
@@ -306,7 +282,14 @@ def model_fingerprint(
         template_name, template_version = str(template.name), template.version
     else:
         template_name = str(template)
-    identity: Mapping[str, Any] = {
+    identity = _identity(settings, labels, template_name, template_version)
+    return _digest(identity)
+
+
+def _identity(
+    settings: ModelSettings, labels: Sequence[str], template_name: str, template_version: Any
+) -> dict[str, Any]:
+    return {
         "model": settings.name,
         "random_init": settings.random_init,
         "config_overrides": dict(sorted(settings.config_overrides.items()))
@@ -323,5 +306,30 @@ def model_fingerprint(
         "labels": list(labels),
         "template": {"name": template_name, "version": str(template_version)},
     }
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# Which fields of the fingerprint's identity make up each part a mismatch can be blamed on.
+FINGERPRINT_PARTS: Mapping[str, tuple[str, ...]] = {
+    "base_model": ("model", "random_init", "config_overrides", "base_seed"),
+    "lora": ("lora",),
+    "labels": ("labels",),
+    "template": ("template",),
+}
+
+
+def fingerprint_parts(
+    settings: ModelSettings, labels: Sequence[str], template: Any
+) -> dict[str, str]:
+    """A short hash per part of `model_fingerprint` (Hello's fingerprint_parts), so a
+    mismatch can say which part differs: base_model, lora (r, alpha, targets, head), labels
+    (the task), template (name@version)."""
+    identity = _identity(settings, labels, str(template.name), template.version)
+    return {
+        part: _digest({key: identity[key] for key in keys})[:16]
+        for part, keys in FINGERPRINT_PARTS.items()
+    }

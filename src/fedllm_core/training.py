@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from fedllm_core.errors import ModelError
 from fedllm_core.lora import layer_groups, trainable_parameters
 from fedllm_core.metrics import classification_metrics
 from fedllm_core.model import ModelBundle
-from fedllm_core.settings import FrozenSettings
+from fedllm_core.train_settings import TrainSettings
 
 __all__ = [
     "EncodedSplit",
@@ -41,18 +40,6 @@ __all__ = [
     "predict",
     "predict_logits",
 ]
-
-
-class TrainSettings(FrozenSettings):
-    """The ``[train]`` section: local optimisation of the trainable state."""
-
-    lr: float = Field(1e-3, gt=0)  # AdamW; LoRA + a fresh head tolerate a high rate
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, ge=0)  # max global L2 norm; 0 disables clipping
-    betas: tuple[float, float] = (0.9, 0.999)
-    seed: int = 0  # data order (used when LocalTrainer gets no explicit seed)
 
 
 @dataclass(frozen=True)
@@ -256,6 +243,9 @@ class LocalTrainer:
                 layer_of_param[position[name]] = layer_index
         self._layer_index = torch.tensor(layer_of_param, device=bundle.device)  # (P,)
         self.stream = _BatchStream(len(train), settings.batch_size, self.seed)
+        self._logit_offset = _logit_offset(train, bundle, settings.logit_adjustment)  # (C,)
+        self._anchor: list[torch.Tensor] = []  # θ_anchor per parameter (prox_mu > 0 only)
+        self.set_anchor()
         self.steps = 0
         self.optimizer = self._new_optimizer()
 
@@ -272,9 +262,9 @@ class LocalTrainer:
         ids, mask, labels = self.train.batch(self.stream.next(), self.bundle.device)
         with _autocast(self.bundle):
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float() + self._logit_offset, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self._proximal_term()).backward()
         total, layer_norms = self._grad_norms_and_clip()
         self.optimizer.step()
         self.steps += 1
@@ -284,6 +274,18 @@ class LocalTrainer:
             grad_norm=total,
             layer_grad_norms=dict(zip(self._layers, layer_norms, strict=True)),
         )
+
+    def set_anchor(self) -> None:
+        """The current parameters become θ_anchor of the proximal term (call on a new global)."""
+        if self.settings.prox_mu > 0:
+            self._anchor = [param.detach().clone() for param in self._param_list]
+
+    def _proximal_term(self) -> torch.Tensor | float:
+        if not self._anchor:
+            return 0.0
+        drift = torch._foreach_sub([p.float() for p in self._param_list], self._anchor)
+        squares = torch.stack(torch._foreach_norm(drift)) ** 2  # (P,)
+        return 0.5 * self.settings.prox_mu * squares.sum()
 
     def _grad_norms_and_clip(self) -> tuple[float, list[float]]:
         """Per-layer and global gradient norms from one fused pass; clip in place."""
@@ -343,6 +345,16 @@ class LocalTrainer:
     def reset_optimizer(self) -> None:
         """Fresh AdamW moments (e.g. after swapping in a new global model)."""
         self.optimizer = self._new_optimizer()
+
+
+def _logit_offset(train: EncodedSplit, bundle: ModelBundle, tau: float) -> torch.Tensor:
+    """τ·log π with π the smoothed label frequencies of ``train``: (C,) float32 (0 when τ = 0)."""
+    classes = len(bundle.labels)
+    if tau == 0:
+        return torch.zeros(classes, device=bundle.device)
+    counts = np.bincount(train.labels, minlength=classes).astype(np.float64) + 1.0
+    prior = torch.from_numpy(np.log(counts / counts.sum())).float()
+    return (tau * prior).to(bundle.device)
 
 
 def _batches(split: EncodedSplit, batch_size: int) -> Iterator[np.ndarray]:

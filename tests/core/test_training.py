@@ -208,3 +208,58 @@ def test_reset_optimizer_forgets_the_moments():
     trainer.step()
     trainer.reset_optimizer()
     assert not any(k.startswith("adam.") for k in trainer.optimizer_state())
+
+
+def _mean_p_malicious(bundle, split) -> float:
+    logits = torch.from_numpy(predict_logits(bundle, split))
+    return float(torch.softmax(logits, dim=-1)[:, 1].mean())
+
+
+def _one_class_shift(**train) -> float:
+    """How far 20 steps on an all-malicious share move the mean P(malicious) of a probe set."""
+    bundle = tiny()
+    probe = split_for(bundle)
+    texts, _ = learnable_texts(64)
+    one_class = encode_split(bundle.tokenizer, texts, [1] * 64, max_length=32)
+    before = _mean_p_malicious(bundle, probe)
+    trainer = LocalTrainer(bundle, one_class, TrainSettings(lr=2e-2, batch_size=16, **train))
+    for _ in range(20):
+        trainer.step()
+    return _mean_p_malicious(bundle, probe) - before
+
+
+def test_adjusted_and_proximal_loss_keeps_a_one_class_client_from_moving_the_prior():
+    """Plain CE on an all-malicious share drags every prediction to malicious. The adjusted
+    loss explains that share by the prior, and the proximal term ends the walk AdamW would
+    still take along the tiny remaining gradient (the logit adjustment alone does not)."""
+    plain = _one_class_shift()
+    adjusted = _one_class_shift(logit_adjustment=1.0)
+    both = _one_class_shift(logit_adjustment=1.0, prox_mu=1.0)
+    assert plain > 0.3
+    assert adjusted > 0.5 * plain  # Adam: a small gradient still takes full-size steps
+    assert abs(both) < 0.25 * plain
+
+
+def test_proximal_term_pulls_training_back_to_the_anchor():
+    distances = {}
+    for mu in (0.0, 10.0):
+        bundle = tiny()
+        trainer = LocalTrainer(bundle, split_for(bundle), TrainSettings(lr=2e-2, prox_mu=mu))
+        start = [p.detach().clone() for p in trainer.params.values()]
+        for _ in range(20):
+            trainer.step()
+        pairs = zip(trainer.params.values(), start, strict=True)
+        moved = sum(float((p.detach() - s).norm() ** 2) for p, s in pairs)
+        distances[mu] = moved**0.5
+    assert distances[10.0] < 0.5 * distances[0.0]
+
+
+def test_logit_adjustment_changes_nothing_on_balanced_data():
+    """log π is the same for every class when the share is balanced: softmax ignores it."""
+    losses = {}
+    for tau in (0.0, 1.0):
+        bundle = tiny()
+        settings = TrainSettings(lr=2e-2, batch_size=16, logit_adjustment=tau)
+        trainer = LocalTrainer(bundle, split_for(bundle), settings, seed=0)
+        losses[tau] = [trainer.step().loss for _ in range(5)]
+    assert losses[1.0] == pytest.approx(losses[0.0], rel=1e-5)
