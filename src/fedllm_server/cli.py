@@ -13,10 +13,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from fedllm_core.errors import FedllmError, run_command
-from fedllm_core.logging import configure_logging
+from fedllm_core.errors import run_command
+from fedllm_core.logging import configure_logging, fatal_errors_logged
 from fedllm_core.settings import load_settings
 from fedllm_core.version import version_text
 
@@ -56,17 +54,13 @@ def run(args: argparse.Namespace) -> int:
     """Load settings, configure logging, run the daemon; FedllmError maps to its exit code."""
     from fedllm_server.settings import ENV_PREFIX, ServerSettings
 
-    settings = load_settings(
-        ServerSettings, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args)
-    )
-    configure_logging(settings.logging.level, json=settings.logging.json_lines, component="server")
-    try:
-        return _start_and_serve(settings)
-    except FedllmError as exc:  # also as one event, for whoever reads the structured log
-        structlog.get_logger("fedllm.server").error(
-            "fatal_error", error=str(exc), exit_code=int(exc.exit_code)
+    with fatal_errors_logged("server"):  # also as one event, for whoever reads the log
+        settings = load_settings(
+            ServerSettings, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args)
         )
-        raise
+        log_settings = settings.logging
+        configure_logging(log_settings.level, json=log_settings.json_lines, component="server")
+        return _start_and_serve(settings)
 
 
 def _start_and_serve(settings: ServerSettings) -> int:

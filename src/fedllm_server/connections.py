@@ -1,18 +1,20 @@
 """One task per connection: handshake, then read the client's messages until it goes away.
 
 Rules: the handshake is Hello -> (fingerprint check) -> Welcome -> current GlobalModel; a wrong
-fingerprint gets `Reject(fingerprint_mismatch)` and Bye `refused`; a Hello while the server
-stops gets a Bye with the stop's code (`restarting` or `finished`). The client id is
-the certificate's CN (the transport's `peer_id`); only in insecure mode does Hello's
-`client_name` name the client, and names are guarded there: a name connected from another host
-is refused (`name_in_use`), and one host holds at most `insecure_names_per_address` names
-(`too_many_names`), so spoofed or Sybil names cannot make a quorum alone. A second connection
-with the same id (in insecure mode: from the same host) replaces the first: the old session is
-closed (`replaced`) before the new one is registered. Updates are judged and
-accepted in the engine thread (first the schedule must expect it; then exactly one of its
+fingerprint gets `Reject(fingerprint_mismatch)` and Bye `refused` (under local DP Hello's
+fingerprint also carries C and σ, `federation_fingerprint`: a client that would privatise
+differently, or not at all, is refused the same way; the session then holds the model's); a
+Hello while the server stops gets a Bye with the stop's code (`restarting` or `finished`). The
+client id is the certificate's CN (the transport's `peer_id`); only in insecure mode does
+Hello's `client_name` name the client, and names are guarded there: a name connected from
+another host is refused (`name_in_use`), and one host holds at most `insecure_names_per_address`
+names (`too_many_names`), so spoofed or Sybil names cannot make a quorum alone. A second
+connection with the same id (in insecure mode: from the same host) replaces the first: the old
+session is closed (`replaced`) before the new one is registered. Updates are judged and accepted
+in the engine thread (first the schedule must expect it; then exactly one of its
 `accepted`/`refused` follows the verdict, whatever happens); the Ack is queued only after the
-update is durable. A client whose updates keep being rejected (`max_rejects` in a row) gets
-an Error and is disconnected. SIGHUP's revocations end here too (`expel_revoked`).
+update is durable. A client whose updates keep being rejected (`max_rejects` in a row) gets an
+Error and is disconnected. SIGHUP's revocations end here too (`expel_revoked`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ import time
 
 import structlog
 
+from fedllm_core.privacy import (
+    differing_parts,
+    federation_fingerprint,
+    mismatch_detail,
+    privacy_part,
+)
 from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import (
     PROTOCOL_VERSIONS,
@@ -39,6 +47,7 @@ from fedllm_proto.messages import (
 from fedllm_proto.tls import RevocationList
 from fedllm_proto.transport import Peer, PeerClosed
 from fedllm_server import door, scheduler
+from fedllm_server.broadcast import model_for
 from fedllm_server.session import ClientSession
 from fedllm_server.state import ServerState
 from fedllm_server.tensors import nbytes
@@ -82,14 +91,21 @@ async def _handshake(state: ServerState, peer: Peer) -> ClientSession | None:
         await _refuse(peer, Error(ErrorCode.UNEXPECTED_MESSAGE, "expected hello"))
         return None
     client_id = _identity(state, peer, hello)
-    if hello.model_fingerprint != state.fingerprint:
+    local_dp = state.settings.privacy.local_dp()
+    expected = federation_fingerprint(state.fingerprint, local_dp)
+    if hello.model_fingerprint != expected:
+        ours = {**state.fingerprint_parts, "privacy": privacy_part(local_dp)}
+        differing = differing_parts(ours, hello.fingerprint_parts)
         log.warning(
             "client_fingerprint_mismatch",
             client_id=client_id,
             theirs=hello.model_fingerprint[:16],
-            ours=state.fingerprint[:16],
+            ours=expected[:16],
+            privacy=state.settings.privacy.mode,
+            differing=differing,
         )
-        reject = Reject("", RejectCode.FINGERPRINT_MISMATCH, "model fingerprint differs")
+        detail = mismatch_detail(differing)
+        reject = Reject("", RejectCode.FINGERPRINT_MISMATCH, detail)
         await _refuse(peer, reject, ByeCode.REFUSED)
         return None
     refusal = _insecure_name_refusal(state, peer, client_id)
@@ -141,15 +157,19 @@ async def _admit(state: ServerState, peer: Peer, hello: Hello, client_id: str) -
     session = ClientSession(
         peer,
         client_id,
-        hello.model_fingerprint,
+        state.fingerprint,  # what Hello carried, less the privacy settings checked above
         hello.sample_count,
         state.settings.send_queue,
         bulk=state.bulk_gate,
+        capabilities=frozenset(hello.capabilities),
     )
     await peer.send(_welcome(state, peer, client_id))  # registered only once this worked
     state.sessions[client_id] = session
     session.start()
-    session.offer(state.prepared)  # the current global model: a reconnect resynchronises
+    # the current global model: a reconnect resynchronises
+    session.offer(model_for(session, state.prepared, state.prepared_lossy))
+    if state.feedback is not None:
+        state.feedback.welcome(session)  # the trigger thresholds in force, after the model
     await scheduler.carry_out(state, state.schedule.joined(client_id, time.monotonic()))
     state.wake.set()
     log.info(

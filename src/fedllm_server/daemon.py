@@ -42,6 +42,7 @@ from fedllm_server.durable.lock import StateDirLock
 from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.engine import Engine, Loaded
 from fedllm_server.evaluation import CentralModel
+from fedllm_server.feedback.loop import FeedbackLoop
 from fedllm_server.metrics_log import MetricsLog
 from fedllm_server.observe import endpoint as observe_endpoint
 from fedllm_server.observe.systemd_status import ServerStatusLine
@@ -92,6 +93,7 @@ def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
         settings.checkpoint_retry,
         settings.norm_bound,
         settings.privacy,
+        settings.broadcast,
     )
     return EngineThread(engine)
 
@@ -112,7 +114,11 @@ async def restore(
         log.warning("pool_log_torn_tail", dropped_bytes=replay.torn_bytes)
     prepared = await encode_global(engine.version, engine.global_tensors)
     metrics = MetricsLog(settings.metrics_path)
-    state = ServerState(settings, central, thread, schedule, prepared, metrics)
+    model_bytes = sum(int(t.nbytes) for t in engine.global_tensors.values())
+    feedback = FeedbackLoop.open(
+        settings.feedback, settings.strategy.name, settings.state_dir, model_bytes, metrics, now
+    )
+    state = ServerState(settings, central, thread, schedule, prepared, metrics, feedback)
     await scheduler.carry_out(state, schedule.replayed(replay.updates, now))
     log.info(
         "checkpoint_restored" if loaded.from_checkpoint else "checkpoint_initialised",
@@ -275,6 +281,7 @@ def _announce(state: ServerState, restored: Restored, port: int, tls: Tls) -> No
         tls=tls.context is not None,
         strategy=settings.strategy.name,
         model_version=state.engine.version,
+        fingerprint=state.fingerprint,  # what every client's Hello must carry
     )
     notify("READY=1")
 

@@ -6,7 +6,8 @@ for checkpoints, the pool log, the metrics file and endpoint, model files) and
 whole door). Refusals (caps, TLS) are counted by reason: each moves the Prometheus counter
 (the metrics-log listeners hear a `connection_refused` record, not written to the file: a
 flood of refusals must not fill the disk), and a `connections_refused` log event with the
-counts so far goes out at most every `LOG_EVERY_S` seconds.
+counts so far (and `suppressed`: refusals since the last event) goes out at most every
+`LOG_EVERY_S` seconds (`LogThrottle`, fedllm_proto.admission).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import time
 
 import structlog
 
-from fedllm_proto.admission import Admission
+from fedllm_proto.admission import LOG_EVERY_S, Admission, LogThrottle
 from fedllm_server.metrics_log import MetricsLog
 from fedllm_server.settings import ServerSettings
 
 log = structlog.get_logger("fedllm.server")
-LOG_EVERY_S = 10.0
 MIN_HEADROOM_FDS = 64  # the server's own files, threads' pipes, the metrics endpoint
 
 
@@ -53,14 +53,17 @@ class Refusals:
     def __init__(self, metrics: MetricsLog) -> None:
         self.metrics = metrics
         self.counts: dict[str, int] = {}
-        self._logged_at: float | None = None
+        self._throttle = LogThrottle(LOG_EVERY_S)
 
-    def __call__(self, reason: str, address: str) -> None:
+    def __call__(self, reason: str, address: str, now: float | None = None) -> None:
+        """One refused peer; ``now`` (monotonic seconds) defaults to the clock."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
         notify_refused(self.metrics, reason, address)
-        now = time.monotonic()
-        if self._logged_at is None or now - self._logged_at >= LOG_EVERY_S:
-            self._logged_at = now
+        if self._throttle.allow(time.monotonic() if now is None else now):
             log.warning(
-                "connections_refused", reason=reason, address=address, totals=dict(self.counts)
+                "connections_refused",
+                reason=reason,
+                address=address,
+                totals=dict(self.counts),
+                suppressed=self._throttle.suppressed,
             )

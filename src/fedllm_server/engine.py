@@ -23,6 +23,11 @@ event that would pass the ε budget refuses the aggregation (`PrivacyBudgetRefus
 `privacy_budget_exhausted`): nothing is applied, the updates named are dropped and the server
 keeps serving the last version. The new accountant is kept only once the aggregation is
 applied (an empty one releases nothing); its ledgers go into every checkpoint.
+Local DP (`mode = "local"`: the clients privatise, the server only accounts): each accepted
+upload records one (σ, q = 1) event for its client before it is logged; one that would pass
+the budget is refused (`unexpected`, not the client's fault). Each checkpoint also names the
+updates held at that moment (`privacy_held`): they are in its ledgers and in the log again, so
+a replay records only the others, and a restart counts every accepted upload exactly once.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from typing import Any
 
 import structlog
 
+from fedllm_proto.codec import Encoding
 from fedllm_proto.messages import RejectCode, Update
 from fedllm_server.accepted import AcceptedUpdate
+from fedllm_server.broadcast_encoding import BroadcastSettings, choose
 from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
 from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.durable.retry import Attempts, RetrySettings, retry_io
@@ -90,6 +97,8 @@ class Committed:
     checkpoint_s: float
     durable: bool = True  # False: its checkpoint failed every retry (served from memory)
     checkpoint_failures: int = 0  # failed checkpoint writes since the engine started
+    encoding: Encoding = Encoding.RAW  # how this version is broadcast (broadcast_encoding.py)
+    encoding_error: float = 0.0  # its relative error against the version's step
 
 
 class Engine:
@@ -105,12 +114,15 @@ class Engine:
         retry: RetrySettings | None = None,
         norm_bound: NormBoundSettings | None = None,
         privacy: PrivacySettings | None = None,
+        broadcast: BroadcastSettings | None = None,
     ) -> None:
         self.strategy = strategy
+        self.broadcast = broadcast or BroadcastSettings()
         self.privacy = privacy or PrivacySettings()
         self.accountant: PrivacyAccountant | None = None
-        if self.privacy.central:
+        if self.privacy.mode != "off":
             self.accountant = PrivacyAccountant(self.privacy.accountant_config())
+        self._privacy_held: frozenset[str] = frozenset()  # local: held at the last checkpoint
         self.validation = validation
         self.fingerprint = fingerprint
         self.rules = DoorRules(
@@ -162,6 +174,7 @@ class Engine:
         if self.accountant is not None and "privacy" in meta:
             config = self.privacy.accountant_config()  # δ and budget from today's settings
             self.accountant = PrivacyAccountant.from_dict(meta["privacy"], config)
+            self._privacy_held = frozenset(str(u) for u in meta.get("privacy_held", []))
         return Loaded(ckpt.version, True, loaded.skipped, meta)
 
     def replay(self) -> Replayed:
@@ -169,6 +182,8 @@ class Engine:
         replay = self.log.open(self._version)
         for update in replay.records:
             self.door.remember(update.client_id, update.update_id, self.validation.replay_memory)
+            if update.update_id not in self._privacy_held:
+                self._account_upload(update.client_id, checked=False)
             self._hold(update)
         return Replayed(list(replay.records), replay.torn_bytes)
 
@@ -180,9 +195,27 @@ class Engine:
             return Verdict(RejectCode.UNEXPECTED, NOT_DURABLE, blame=False)
         verdict = check_update(update, sender, self._ref, self.rules, self.door, now, wall)
         if verdict.update is not None:
+            try:
+                self._account_upload(sender.client_id)
+            except PrivacyBudgetExceededError as exc:
+                log.error(
+                    "privacy_budget_exhausted",
+                    client_id=sender.client_id,
+                    epsilon_spent=exc.spent,
+                    epsilon_next=exc.would_be,
+                    epsilon_budget=exc.budget,
+                    detail="local-mode upload refused",
+                )
+                return Verdict(RejectCode.UNEXPECTED, str(exc), verdict.norm, blame=False)
             self.log.append(verdict.update)
             self._hold(verdict.update)
         return verdict
+
+    def _account_upload(self, client_id: str, checked: bool = True) -> None:
+        """Local DP: one (σ, 1) event for this client's upload (a no-op in other modes)."""
+        if self.accountant is not None and self.privacy.local:
+            sigma = self.privacy.noise_multiplier
+            self.accountant = self.accountant.record_local_upload(client_id, sigma, checked)
 
     def _hold(self, update: AcceptedUpdate) -> None:
         self.held[update.update_id] = update
@@ -216,23 +249,40 @@ class Engine:
             self.acc.reset()  # aggregated or empty: the next one starts from no sums
         if accountant is not None:
             self.accountant = accountant
-            privacy = {**result.metrics.privacy, "accountant": accountant.report()}
+        if self.accountant is not None:
+            privacy = {
+                **result.metrics.privacy,
+                "mode": self.privacy.mode,
+                "accountant": self.accountant.report(),
+            }
             result = replace(result, metrics=replace(result.metrics, privacy=privacy))
         self.strategy_state = result.state
+        # θ^{v+1} becomes what the clients will decode, so both sides hold the same model
+        choice = choose(self.broadcast, result.global_tensors, self.global_tensors)
+        result = replace(result, global_tensors=choice.tensors)
         self._set_global(result.metrics.version, result.global_tensors)
         bytes_in, self._bytes_in = self._bytes_in, 0
         started = time.perf_counter()
         saved = self.checkpoint(durable, now, result.metrics.to_dict())
         elapsed = time.perf_counter() - started
         failures = self.checkpoint_attempts.failures
-        return Committed(self._version, result, bytes_in, elapsed, saved, failures)
+        return Committed(
+            self._version,
+            result,
+            bytes_in,
+            elapsed,
+            saved,
+            failures,
+            choice.encoding,
+            choice.error,
+        )
 
     def _account(
         self, fold: Mapping[str, int], durable: Mapping[str, Any]
     ) -> PrivacyAccountant | None:
         """The accountant with this aggregation recorded (None when DP is off); raises
         `PrivacyBudgetRefused`, dropping the updates named, past the budget."""
-        if self.accountant is None:
+        if self.accountant is None or not self.privacy.central:
             return None
         eligible = {str(cid): 1.0 for cid in durable.get("enrolled", [])}
         eligible.update({self.held[uid].client_id: 1.0 for uid in fold if uid in self.held})
@@ -264,6 +314,7 @@ class Engine:
         }
         if self.accountant is not None:
             meta["privacy"] = self.accountant.to_dict()  # ledgers, not ε (docs/privacy.md)
+            meta["privacy_held"] = sorted(self.held)  # local: in the ledgers and logged again
         ckpt = Checkpoint(self._version, self.global_tensors, arrays, meta, metrics or {})
         self._unsaved = ckpt  # a newer generation supersedes one still pending
         try:

@@ -10,7 +10,8 @@ concurrently with itself (the instance is shared).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from fedllm_core.data import (
 from fedllm_core.model import (
     ModelBundle,
     build_model,
+    fingerprint_parts,
     load_trainable_state,
     model_fingerprint,
     trainable_state,
@@ -39,6 +41,7 @@ class ModelIdentity:
     fingerprint: str
     labels: tuple[str, ...]
     template: str  # name@version
+    parts: Mapping[str, str] = field(default_factory=dict)  # fingerprint_parts (no privacy)
 
 
 class CentralModel:
@@ -50,6 +53,7 @@ class CentralModel:
         eval_data = load_eval_data(settings.data, template)
         self.identity = ModelIdentity(
             fingerprint=model_fingerprint(settings.model, eval_data.label_names, template),
+            parts=fingerprint_parts(settings.model, eval_data.label_names, template),
             labels=tuple(eval_data.label_names),
             template=template.key,
         )

@@ -4,7 +4,8 @@ Rules: one scheduler task per server. It polls the schedule with the loop's mono
 carries out the actions it returns, and sleeps until `next_deadline` or until a connection
 wakes it (a verdict, a join or a leave). It knows action types, never strategies: what is
 synchronous or asynchronous is the schedule's business. Engine work (fold, drop, aggregate +
-checkpoint) runs in the engine thread; the new global model is encoded once and fanned out to
+checkpoint) runs in the engine thread; the new global model is encoded once per encoding (raw,
+plus the lossy one `[broadcast]` chose, for clients that decode it) and fanned out to
 every connected client. Central evaluation and the metrics record run in the reporter task
 (evaluation in its own thread), so the next round never waits for an evaluation.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from fedllm_proto.codec import Encoding
 from fedllm_proto.messages import ByeCode, TrainRequest
 from fedllm_server.broadcast import encode_global, fan_out
 from fedllm_server.engine import Committed
@@ -132,10 +134,16 @@ async def _aggregate(state: ServerState, order: Aggregate) -> None:
 async def publish(
     state: ServerState, committed: Committed, order: Aggregate, aggregation_s: float
 ) -> None:
-    """Encode the new global model once, fan it out, queue the report, maybe stop."""
+    """Encode the new global model once per encoding, fan it out, queue the report, maybe
+    stop."""
     version, tensors = committed.version, committed.result.global_tensors
+    started = time.perf_counter()
     state.prepared = await encode_global(version, tensors)
-    fan = await fan_out(state.sessions.values(), state.prepared)
+    state.prepared_lossy = None
+    if committed.encoding is not Encoding.RAW:  # the same tensors, smaller, to capable clients
+        state.prepared_lossy = await encode_global(version, tensors, committed.encoding)
+    fan = await fan_out(state.sessions.values(), state.prepared, state.prepared_lossy)
+    broadcast_s = time.perf_counter() - started  # encoded + queued to every session
     state.schedule.aggregated(time.monotonic())
     log.info(
         "global_model_published",
@@ -145,8 +153,11 @@ async def publish(
         sent_to=len(fan.queued),
         dropped=fan.dropped,
         aggregation_s=round(aggregation_s, 4),
+        broadcast_s=round(broadcast_s, 4),
     )
-    item = Published(committed, fan, order.reason, order.waited_s, aggregation_s, time.time())
+    item = Published(
+        committed, fan, order.reason, order.waited_s, aggregation_s, time.time(), broadcast_s
+    )
     state.reports.put_nowait(item)
     stop_at = state.settings.stop_after_versions
     if stop_at is not None and version >= stop_at:
@@ -166,6 +177,14 @@ async def report(state: ServerState) -> None:
             evaluation = await state.evaluate(tensors, version)
             log.info("global_model_evaluated", model_version=version, **evaluation)
         state.metrics.write("aggregation", **aggregation_record(item, evaluation))
+        if state.feedback is not None:
+            state.feedback.after_evaluation(
+                version,
+                evaluation,
+                item.committed.bytes_in,
+                state.sessions.values(),
+                time.monotonic(),
+            )
 
 
 def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> dict[str, Any]:
@@ -190,6 +209,9 @@ def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> 
         "dropped": item.fan.dropped,
         "time_to_quorum_s": item.time_to_quorum_s,
         "aggregation_s": item.aggregation_s,
+        "broadcast_s": item.broadcast_s,
+        "broadcast_encoding": item.committed.encoding.value,
+        "broadcast_error": item.committed.encoding_error,
         "checkpoint_s": item.committed.checkpoint_s,
         "durable": item.committed.durable,  # False: its checkpoint failed every retry
         "checkpoint_failures": item.committed.checkpoint_failures,  # since the start

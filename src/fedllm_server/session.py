@@ -55,11 +55,13 @@ class ClientSession:
         sample_count: int,
         queue_bound: int,
         bulk: asyncio.Semaphore | None = None,
+        capabilities: frozenset[str] = frozenset(),
     ) -> None:
         self.peer = peer
         self.client_id = client_id
         self.fingerprint = fingerprint
         self.sample_count = sample_count
+        self.capabilities = capabilities  # what its Hello listed (e.g. "tuning")
         self.stats = SessionStats()
         self.closed = asyncio.Event()
         self.close_reason = ""

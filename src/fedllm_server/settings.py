@@ -14,11 +14,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fedllm_core.data import DataSettings
-from fedllm_core.model import ModelSettings
+from fedllm_core.model_settings import ModelSettings
 from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.settings import FrozenSettings
 from fedllm_proto.timeouts import Timeouts
+from fedllm_server.broadcast_encoding import BroadcastSettings
 from fedllm_server.durable.retry import RetrySettings
+from fedllm_server.feedback.settings import FeedbackSettings
 from fedllm_server.privacy.settings import PrivacySettings
 from fedllm_server.strategies.registry import StrategySettings
 from fedllm_server.strategies.settings import FedAvgSettings, RobustSettings, ValidationSettings
@@ -88,6 +90,11 @@ class ServerSettings(FrozenSettings):
     robust: RobustSettings = Field(default_factory=RobustSettings)
     # Central DP-FedAvg with an accountant (docs/privacy.md); off by default.
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    # The adaptive feedback loop over the GSFS client triggers (docs/feedback.md); off by default.
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    # How new versions travel to clients that decode lossy models (docs/server.md, "Broadcast
+    # encoding"): raw by default; lossy makes θ^v itself the decoded tensors.
+    broadcast: BroadcastSettings = Field(default_factory=BroadcastSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     # The door's ‖Δ‖₂ bound from the accepted norms (on by default; docs/server.md).
     norm_bound: NormBoundSettings = Field(default_factory=NormBoundSettings)
@@ -138,6 +145,8 @@ class ServerSettings(FrozenSettings):
             raise ValueError("tls.ca, tls.cert and tls.key are required unless insecure = true")
         if self.idle_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("idle_timeout_s must be longer than heartbeat_interval_s")
+        if self.feedback.enabled and self.strategy.name != "gsfs":
+            raise ValueError("feedback.enabled tunes the GSFS triggers: it needs strategy gsfs")
         if self.privacy.central and self.robust.rule != "none":
             # the DP accounting covers clipping plus the noised mean only (docs/privacy.md)
             raise ValueError("privacy.mode = 'central' needs robust.rule = 'none'")

@@ -22,6 +22,7 @@ from fedllm_proto.transport import PreparedMessage
 from fedllm_server.broadcast import FanOut
 from fedllm_server.engine import Committed, Engine
 from fedllm_server.evaluation import CentralModel
+from fedllm_server.feedback.loop import FeedbackLoop
 from fedllm_server.metrics_log import MetricsLog
 from fedllm_server.schedule.base import Schedule
 from fedllm_server.session import ClientSession, bulk_gate
@@ -58,6 +59,7 @@ class Published:
     time_to_quorum_s: float
     aggregation_s: float
     published_time: float  # wall clock when it was queued to the clients
+    broadcast_s: float  # encoding it once + queueing it to every session
 
 
 class ServerState:
@@ -71,16 +73,21 @@ class ServerState:
         schedule: Schedule,
         prepared: PreparedMessage,
         metrics: MetricsLog,
+        feedback: FeedbackLoop | None = None,
     ) -> None:
         self.settings = settings
         self.central = central
         self.fingerprint = central.identity.fingerprint
+        self.fingerprint_parts = dict(central.identity.parts)  # to name a mismatch's part
         self.engine = engine.engine  # read `version` here; call its methods via `engine_call`
         self.engine_call = engine.call
         self.engine_thread = engine
         self.schedule = schedule
         self.prepared = prepared  # the current global model, encoded once
+        # ... and lossy, for the clients that decode it, when [broadcast] chose a lossy encoding
+        self.prepared_lossy: PreparedMessage | None = None
         self.metrics = metrics
+        self.feedback = feedback  # GSFS with [feedback] enabled: the trigger-tuning bandit
         self.sessions: dict[str, ClientSession] = {}
         self.bulk_gate = bulk_gate()  # every session's broadcast sends share it
         self.reports: asyncio.Queue[Published | None] = asyncio.Queue()

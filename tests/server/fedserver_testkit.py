@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +335,11 @@ class ServerProcess:
     def port(self) -> int:
         return int(self.wait_event("server_listening")["port"])
 
+    @property
+    def fingerprint(self) -> str:
+        """The model fingerprint a Hello must carry, once the daemon listens."""
+        return str(self.wait_event("server_listening")["fingerprint"])
+
     def kill9(self) -> None:
         import signal
 
@@ -374,3 +380,51 @@ async def bye_code(client: ScriptedClient) -> ByeCode | None:
                 await client.peer.recv()
     except PeerClosed as exc:
         return exc.bye.code if exc.bye is not None else None
+
+
+# --- silent TCP peers (the connection-cap attacks) ------------------------------------------
+ATTACKER = "127.0.0.2"  # the whole 127/8 is loopback on Linux: another source address
+
+
+def silent_connections(port: int, count: int, source: str = ATTACKER) -> list[socket.socket]:
+    """`count` TCP connections from `source` that never say anything."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))  # the kernel completes it; the server decides after
+        socks.append(sock)
+    return socks
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed `sock` within 10 s (a held connection times out: False)."""
+    sock.settimeout(10.0)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+# --- an engine on a two-entry model (the privacy tests) -------------------------------------
+def small_engine(tmp_path: Path, strategy: Any, privacy: Any, fingerprint: str = "fp") -> Any:
+    """An Engine on {"w": zeros(2)}: checkpointed at version 0, its pool log replayed."""
+    from fedllm_server.durable.checkpoint import CheckpointStore
+    from fedllm_server.durable.poollog import PoolLog
+    from fedllm_server.engine import Engine
+    from fedllm_server.strategies import ValidationSettings
+
+    engine = Engine(
+        strategy,
+        ValidationSettings(),
+        fingerprint,
+        CheckpointStore(tmp_path / "checkpoints"),
+        PoolLog(tmp_path / "pool.log"),
+        privacy=privacy,
+    )
+    if not engine.load({"w": np.zeros(2, np.float32)}, 0.0).from_checkpoint:
+        engine.checkpoint({"next_round": 0, "enrolled": []}, 0.0)
+    engine.replay()
+    return engine

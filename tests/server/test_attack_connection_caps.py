@@ -14,23 +14,27 @@ import asyncio
 import contextlib
 import resource
 import signal
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from fedserver_testkit import ScriptedClient, ServerProcess, tiny_settings_dict, to_toml
+from fedserver_testkit import (
+    ATTACKER,
+    ScriptedClient,
+    ServerProcess,
+    closed_by_server,
+    silent_connections,
+    tiny_settings_dict,
+    to_toml,
+)
 
 from fedllm_proto.admission import TOO_MANY_CONNECTIONS, TOO_MANY_FROM_ADDRESS, Admission
 from fedllm_proto.transport import PeerClosed
 from fedllm_server.door import derived_caps
-from fedllm_server.metrics_log import read_metrics
 
 GSFS = {"name": "gsfs", "federation_size_source": "explicit", "federation_size": 3}  # K = 2
 SERVER_NOFILE = 256
 SILENT = 300
-ATTACKER = "127.0.0.2"  # the whole 127/8 is loopback on Linux
 
 
 @contextlib.contextmanager
@@ -42,26 +46,6 @@ def _soft_nofile(limit: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def _silent_connections(port: int, count: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((ATTACKER, 0))
-        sock.connect(("127.0.0.1", port))  # the kernel completes it; the server decides after
-        socks.append(sock)
-    return socks
-
-
-def _closed_by_server(sock: socket.socket) -> bool:
-    sock.settimeout(10.0)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 async def _honest_federation(port: int, fingerprint: str) -> list[int]:
@@ -99,11 +83,11 @@ def test_silent_peers_past_the_fd_limit_neither_starve_nor_crash_the_server(
     port = server.port
     caps = server.wait_event("connection_caps")
     assert (caps["max_connections"], caps["max_per_address"]) == derived_caps(SERVER_NOFILE)
-    fingerprint = _started(tmp_path)["fingerprint"]
-    socks = _silent_connections(port, SILENT)
+    fingerprint = server.fingerprint
+    socks = silent_connections(port, SILENT)
     try:
         # the surplus is closed at once, the first ones are held (awaiting their Hello)
-        assert _closed_by_server(socks[-1])
+        assert closed_by_server(socks[-1])
         refused = server.wait_event("connections_refused", reason="too_many_from_address")
         assert refused["address"].startswith(ATTACKER)
         metrics_port = server.wait_event("metrics_endpoint_listening")["port"]
@@ -115,12 +99,6 @@ def test_silent_peers_past_the_fd_limit_neither_starve_nor_crash_the_server(
         for sock in socks:
             sock.close()
     assert server.stop(signal.SIGTERM) == 0
-
-
-def _started(tmp_path: Path) -> dict[str, Any]:
-    return next(
-        r for r in read_metrics(tmp_path / "state" / "metrics.jsonl") if r["kind"] == "start"
-    )
 
 
 def _refused_total(port: int, reason: str) -> float:

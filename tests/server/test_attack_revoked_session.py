@@ -20,7 +20,6 @@ from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import PROTOCOL_VERSIONS, ByeCode, Error, Hello
 from fedllm_proto.tls import client_context
 from fedllm_proto.transport import PeerClosed, connect
-from fedllm_server.metrics_log import read_metrics
 
 GSFS = {"name": "gsfs", "federation_size_source": "explicit", "federation_size": 1}  # K = 1
 
@@ -51,9 +50,7 @@ def test_sighup_ends_a_revoked_clients_session_and_refuses_its_return(tmp_path: 
     config.write_text(to_toml(tiny_settings_dict(tmp_path / "state", pki, GSFS)))
     server = ServerProcess(config)
     port = server.port
-    fingerprint = next(
-        r for r in read_metrics(tmp_path / "state" / "metrics.jsonl") if r["kind"] == "start"
-    )["fingerprint"]
+    fingerprint = server.fingerprint
 
     async def main() -> tuple[ByeCode | None, object, int]:
         revoked = _client(pki, "client-1", port, fingerprint)

@@ -31,11 +31,6 @@ def _config(tmp_path: Path, pki: Any, strategy: dict[str, Any], **extra: Any) ->
     return path
 
 
-def _fingerprint(state: Path) -> str:
-    start = next(r for r in read_metrics(state / "metrics.jsonl") if r["kind"] == "start")
-    return str(start["fingerprint"])
-
-
 def _client(pki: Any, name: str, port: int, fp: str, seed: int, **kw: Any) -> ScriptedClient:
     return ScriptedClient(name, "127.0.0.1", port, pki.client_context(name), fp, seed=seed, **kw)
 
@@ -82,7 +77,7 @@ def test_gsfs_kill9_resumes_same_version_and_pool(tmp_path: Path, pki: Any) -> N
     }
     config = _config(tmp_path, pki, strategy, stop_after_versions=2)
     server = ServerProcess(config)
-    fp = _fingerprint(tmp_path / "state") if server.port else ""
+    fp = server.fingerprint
     deltas = asyncio.run(_gsfs_before_crash(pki, server.port, fp))
     server.kill9()
     restarted = ServerProcess(config)
@@ -121,7 +116,7 @@ def test_fedavg_kill9_mid_round_keeps_accepted_updates(tmp_path: Path, pki: Any)
     rounds = {"min_clients": 3, "local_steps": 1, "deadline_s": 120.0}
     config = _config(tmp_path, pki, {"name": "fedavg"}, stop_after_versions=1, rounds=rounds)
     server = ServerProcess(config)
-    fp = _fingerprint(tmp_path / "state") if server.port else ""
+    fp = server.fingerprint
     asyncio.run(_sync_before_crash(pki, server.port, fp))
     server.kill9()
     restarted = ServerProcess(config)
@@ -137,7 +132,7 @@ def test_fedavg_kill9_mid_round_keeps_accepted_updates(tmp_path: Path, pki: Any)
 def test_sighup_reloads_then_sigterm_drains_and_says_bye(tmp_path: Path, pki: Any) -> None:
     config = _config(tmp_path, pki, {"name": "fedavg"})
     server = ServerProcess(config)
-    fp = _fingerprint(tmp_path / "state") if server.port else ""
+    fp = server.fingerprint
 
     async def connected_then_term() -> ScriptedClient:
         client = _client(pki, "client-1", server.port, fp, seed=1)

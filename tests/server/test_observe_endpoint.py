@@ -137,6 +137,8 @@ def test_uploads_and_aggregations_move_between_scrapes(scraped: Any) -> None:
     assert later[("fedllm_server_received_bytes_total", ())] > 0
     assert later[("fedllm_server_sent_bytes_total", ())] > 0
     assert later[("fedllm_server_aggregation_seconds_count", ())] >= 2
+    assert later[("fedllm_server_broadcast_seconds_count", ())] >= 2
+    assert later[("fedllm_server_broadcast_seconds_sum", ())] > 0
     assert later[("fedllm_server_update_staleness_versions_count", ())] >= 4
     assert 0.0 <= later[("fedllm_server_central_accuracy", ())] <= 1.0
     assert later[("fedllm_server_evaluated_version", ())] >= 2

@@ -11,6 +11,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from fedllm_core.privacy import ConstantSource
 from fedllm_server.privacy import (
     AccountantConfig,
     GaussianEvents,
@@ -22,7 +23,6 @@ from fedllm_server.privacy import (
     clip_delta,
     compose,
     epsilon,
-    local_privatise,
     noise_multiplier_for,
     poisson_sample,
 )
@@ -31,19 +31,6 @@ from fedllm_server.robust import Contribution, NonFiniteUpdateError
 
 def f32(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
-
-
-class ConstantSource:
-    """A stand-in for the CSPRNG: every 'normal' is `value` (0 = no noise, 1 = one std)."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def uniform(self, n: int) -> np.ndarray:
-        return np.full(n, 0.5)
-
-    def standard_normal(self, n: int) -> np.ndarray:
-        return np.full(n, self.value)
 
 
 def readonly(**tensors: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,12 +97,6 @@ def test_central_refuses_a_non_finite_update() -> None:
         central_noised_mean(ups, SHAPES, 1.0, 1.0, 1.0, ConstantSource(0.0))
 
 
-def test_local_mode_releases_the_clipped_delta_plus_sigma_c() -> None:
-    # [6, 8] clipped to C = 5 -> [3, 4]; + σ·C = 0.2·5 = 1 per coordinate
-    out, report = local_privatise(readonly(w=f32(6, 8)), 5.0, 0.2, ConstantSource(1.0))
-    assert (out["w"].tolist(), report.scale, report.noise_std) == ([4.0, 5.0], 0.5, 1.0)
-
-
 # --- noise statistics (CSPRNG) -----------------------------------------------------------------
 
 N_NOISE = 200_000  # standard errors: mean 0.0022·std, std 0.0016·std
@@ -127,12 +108,6 @@ def test_central_noise_from_the_csprng_has_mean_zero_and_the_stated_std() -> Non
     noise = out["w"].astype(np.float64)
     assert abs(noise.mean()) < 0.02 * report.noise_std  # 9 standard errors
     assert abs(noise.std() / report.noise_std - 1) < 0.02  # 12 standard errors
-
-
-def test_local_noise_from_the_csprng_has_the_stated_std() -> None:
-    zero = readonly(w=np.zeros(N_NOISE, dtype=np.float32))
-    out, report = local_privatise(zero, 2.0, 0.75, SystemRandom())
-    assert abs(out["w"].astype(np.float64).std() / report.noise_std - 1) < 0.02
 
 
 def test_csprng_normals_have_gaussian_tails() -> None:

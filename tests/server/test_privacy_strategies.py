@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fedserver_testkit import small_engine
 from pydantic import ValidationError
 
 from fedllm_proto.messages import TriggerReason, Update
 from fedllm_server.accepted import AcceptedUpdate
-from fedllm_server.durable.checkpoint import CheckpointStore
-from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.engine import Engine, PrivacyBudgetRefused
 from fedllm_server.privacy import PrivacySettings, SeededSource, SystemRandom, compose, epsilon
 from fedllm_server.settings import ServerSettings
@@ -22,7 +21,6 @@ from fedllm_server.strategies import (
     FedOptSettings,
     GsfsServerSettings,
     StrategyResult,
-    ValidationSettings,
     aggregate,
 )
 from fedllm_server.strategies.base import Strategy
@@ -129,18 +127,8 @@ ENROLLED = {"next_round": 1, "enrolled": ["a", "b", "idle"]}
 
 
 def _engine(tmp_path: Path, privacy: PrivacySettings, strategy: Strategy | None = None) -> Engine:
-    engine = Engine(
-        strategy or seeded(FedAvg(FedAvgSettings(), None, privacy)),
-        ValidationSettings(),
-        FP,
-        CheckpointStore(tmp_path / "checkpoints"),
-        PoolLog(tmp_path / "pool.log"),
-        privacy=privacy,
-    )
-    if not engine.load({"w": np.zeros(2, np.float32)}, 0.0).from_checkpoint:
-        engine.checkpoint({"next_round": 0, "enrolled": []}, 0.0)
-    engine.replay()
-    return engine
+    chosen = strategy or seeded(FedAvg(FedAvgSettings(), None, privacy))
+    return small_engine(tmp_path, chosen, privacy, FP)
 
 
 def _round(engine: Engine, tag: str) -> Any:

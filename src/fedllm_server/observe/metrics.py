@@ -21,6 +21,8 @@ from fedllm_server.state import ServerState
 HISTORY = 2000  # uploads kept for the dashboard's per-client timeline (bounded memory)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 BYTE_BUCKETS = tuple(float(4**k * 1024) for k in range(12))  # 1 KiB .. 4 GiB
+# encoding a model once + offering it to every outbox: ms for a LoRA state, more at scale
+BROADCAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STALENESS_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 
@@ -89,6 +91,12 @@ class ServerObserver:
             "fedllm_server_aggregation_seconds",
             "aggregation (engine) time per version",
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.broadcast_time = Histogram(
+            "fedllm_server_broadcast_seconds",
+            "time to encode a new version (once per wire encoding) and queue it to every client",
+            buckets=BROADCAST_BUCKETS,
             registry=r,
         )
         self.broadcast_bytes = Histogram(
@@ -171,6 +179,7 @@ class ServerObserver:
         self.broadcast_clients.observe(len(fields.get("sent_to") or ()))  # client ids
         self.time_to_quorum.observe(float(fields.get("time_to_quorum_s") or 0.0))
         self.aggregation_time.observe(float(fields.get("aggregation_s") or 0.0))
+        self.broadcast_time.observe(float(fields.get("broadcast_s") or 0.0))
         evaluation = fields.get("evaluation")
         if evaluation:
             version = int(fields["version"])

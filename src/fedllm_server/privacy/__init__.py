@@ -2,12 +2,23 @@
 
 Rules: pure functions and immutable values; randomness is an argument (`NoiseSource`, the
 kernel's CSPRNG by default in callers), nothing is logged. Central mode noises the clipped sum
-on the server (`central_noised_mean`), local mode noises one client's delta
-(`local_privatise`); `PrivacyAccountant` turns the events into ε per client and for the
+on the server (`central_noised_mean`); local mode noises one client's delta on the client
+(`local_privatise`, from fedllm_core.privacy) and the server only accounts for it;
+`PrivacyAccountant` turns the events into ε per client and for the
 federation and refuses to pass a budget. What each guarantee covers, and how GSFS's
 data-dependent trigger is accounted: docs/privacy.md.
 """
 
+from fedllm_core.privacy import (
+    LocalDp,
+    LocalReport,
+    NoiseSource,
+    SeededSource,
+    SystemRandom,
+    add_gaussian,
+    clip_scale,
+    local_privatise,
+)
 from fedllm_server.privacy.accountant import (
     METHODS,
     AccountantConfig,
@@ -22,14 +33,10 @@ from fedllm_server.privacy.accountant import (
 )
 from fedllm_server.privacy.mechanism import (
     DpMeanReport,
-    LocalReport,
     central_noised_mean,
     clip_delta,
-    clip_scale,
-    local_privatise,
     poisson_sample,
 )
-from fedllm_server.privacy.noise import NoiseSource, SeededSource, SystemRandom, add_gaussian
 from fedllm_server.privacy.settings import PrivacySettings
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "DpMeanReport",
     "GaussianEvents",
     "Ledger",
+    "LocalDp",
     "LocalReport",
     "Method",
     "NoiseSource",

@@ -21,11 +21,10 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+if TYPE_CHECKING:
+    import dp_accounting
 
 Method = Literal["pld", "rdp"]
 METHODS: tuple[Method, ...] = ("pld", "rdp")
@@ -35,7 +34,7 @@ METHODS: tuple[Method, ...] = ("pld", "rdp")
 PLD_DISCRETISATION = 1e-3
 # dp-accounting's series for fractional orders below 2 does not converge for q < 1 (it drops
 # them with a warning); they only tighten ε far above any useful budget, so they are left out.
-RDP_ORDERS = tuple(o for o in rdp_privacy_accountant.DEFAULT_RDP_ORDERS if o >= 2)
+MIN_RDP_ORDER = 2
 
 
 @dataclass(frozen=True, order=True)
@@ -55,6 +54,8 @@ class GaussianEvents:
             raise ValueError(f"event count must be >= 1: {self.count}")
 
     def dp_event(self) -> dp_accounting.DpEvent:
+        import dp_accounting  # with scipy, ~1.5 s of start-up: only when ε is first computed
+
         event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(self.noise_multiplier)
         if self.sampling_probability < 1:
             event = dp_accounting.PoissonSampledDpEvent(self.sampling_probability, event)
@@ -79,13 +80,18 @@ def epsilon(ledger: Ledger, delta: float, method: Method = "pld") -> float:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if not ledger:
         return 0.0
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     accountant: dp_accounting.PrivacyAccountant
     if method == "pld":
         accountant = pld_privacy_accountant.PLDAccountant(
             value_discretization_interval=PLD_DISCRETISATION
         )
     elif method == "rdp":
-        accountant = rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
+        orders = [o for o in rdp_privacy_accountant.DEFAULT_RDP_ORDERS if o >= MIN_RDP_ORDER]
+        accountant = rdp_privacy_accountant.RdpAccountant(orders=orders)
     else:
         raise ValueError(f"unknown accounting method {method!r}; known: {METHODS}")
     accountant.compose(dp_accounting.ComposedDpEvent([e.dp_event() for e in ledger]))
@@ -170,11 +176,16 @@ class PrivacyAccountant:
             )
         )
 
-    def record_local_upload(self, client_id: str, noise_multiplier: float) -> PrivacyAccountant:
-        """One upload that the client privatised itself (local mode): q = 1, its ledger only."""
+    def record_local_upload(
+        self, client_id: str, noise_multiplier: float, checked: bool = True
+    ) -> PrivacyAccountant:
+        """One upload that the client privatised itself (local mode): q = 1, its ledger only.
+        `checked=False` records past the budget (an upload that was already accepted, replayed
+        after a restart: it was released, refusing it now would under-count)."""
         local = dict(self.local)
         local[client_id] = compose(local.get(client_id, ()), noise_multiplier)
-        return self._checked(replace(self, local=local))
+        new = replace(self, local=local)
+        return self._checked(new) if checked else new
 
     def _checked(self, new: PrivacyAccountant) -> PrivacyAccountant:
         budget = self.config.epsilon_budget

@@ -8,7 +8,8 @@ nothing included; the noise on the mean is σ·C/W_exp per coordinate. The denom
 weights must not depend on the data: that is what makes the sensitivity C (docs/privacy.md).
 Noise goes on every tensor of the model, sent or not, so the set of tensors a partial update
 carried is not revealed either; a tensor nobody sent moves by noise alone.
-Local mode: a client releases clip(Δ) + N(0, σ²C²·I) on every tensor it sends.
+Local mode (clip(Δ) + N(0, σ²C²·I) on every tensor a client sends) runs on the client:
+`fedllm_core.privacy.local_privatise`.
 Randomness comes in as a `NoiseSource` (the CSPRNG in production). Streaming: the central mean
 reads each update once after its norm pass and holds one float64 sum per tensor, O(model).
 """
@@ -22,18 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from fedllm_server.privacy.noise import F64, NoiseSource, add_gaussian
+from fedllm_core.privacy import F64, NoiseSource, add_gaussian, clip_scale
 from fedllm_server.robust.base import Array, Contribution, TensorDict, finite_norm
 
 
 def _positive(name: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
-
-
-def clip_scale(norm: float, clip_norm: float) -> float:
-    """min(1, C/‖Δ‖₂)."""
-    return 1.0 if norm <= clip_norm else clip_norm / norm
 
 
 def clip_delta(
@@ -145,37 +141,6 @@ def central_noised_mean(
         noise_std=std / expected_weight,
     )
     return out, report
-
-
-@dataclass(frozen=True)
-class LocalReport:
-    """One locally privatised delta: its norm before clipping, the scale, the noise std."""
-
-    norm: float
-    scale: float
-    noise_std: float  # σ·C per coordinate
-
-
-def local_privatise(
-    tensors: Mapping[str, Array],
-    clip_norm: float,
-    noise_multiplier: float,
-    source: NoiseSource,
-) -> tuple[TensorDict, LocalReport]:
-    """clip_C(Δ) + N(0, σ²C²) on every tensor given (float32, new arrays).
-
-    The client must send every tensor (no partial update): which tensors it leaves out would
-    otherwise be a release the noise does not cover.
-    """
-    _positive("noise_multiplier", noise_multiplier)
-    clipped, norm, scale = clip_delta(tensors, clip_norm)
-    std = noise_multiplier * clip_norm
-    out: TensorDict = {}
-    for name, arr in clipped.items():
-        noised = arr.astype(np.float64)  # (shape) float64, noise added before the one rounding
-        add_gaussian(noised.reshape(-1), std, source)
-        out[name] = noised.astype(np.float32)
-    return out, LocalReport(norm, scale, std)
 
 
 def poisson_sample(client_ids: Sequence[str], q: float, source: NoiseSource) -> tuple[str, ...]:
