@@ -79,8 +79,16 @@ def test_gsfs_clients_upload_on_triggers_and_apply_every_broadcast(
         assert applied == list(range(server.version + 1))
     triggers = {u.trigger.value for _, u in server.updates}
     assert triggers <= {"performance", "gradient_norm", "max_silence"}
-    uploads = sum(len(_events(c, "upload")) for c in clients)
-    assert uploads == len(server.updates)
+    # Every upload is logged once, and the server received a prefix of each client's uploads:
+    # an upload sent while the server's Bye is on its way crosses it and is never read (the
+    # scripted server stops reading at its last version), so only a tail may be missing.
+    received = {u.update_id for _, u in server.updates}
+    for c in clients:
+        sent = [r["update_id"] for r in _events(c, "upload")]
+        assert len(sent) == len(set(sent))
+        arrived = [i in received for i in sent]
+        assert arrived[0] and arrived == sorted(arrived, reverse=True)
+    assert received <= {r["update_id"] for c in clients for r in _events(c, "upload")}
 
 
 def test_fedavg_clients_answer_every_round_with_local_steps(pki: Any, tmp_path: Path) -> None:
