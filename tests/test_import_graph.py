@@ -5,12 +5,16 @@ function (a lazy import still ties the two modules together) and under TYPE_CHEC
 ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``'s
 ``__init__``; the implicit import of a parent package is not an edge (every ``__init__`` that
 re-exports its submodules would otherwise be a cycle with them).
+
+Also: the settings modules import no model library, so a bad settings file fails fast (issue 11).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +109,28 @@ def test_the_client_graph_sees_its_real_edges() -> None:
     assert "fedllm_client.local_model" in graph["fedllm_client.lora_model"]
     assert "fedllm_client.lora_model" in graph["fedllm_client.learner"]  # lazy import
     assert "fedllm_client.trigger" in graph["fedllm_client.learner"]  # "from pkg import mod"
+
+
+# What a settings module may not pull in: a bad settings file must fail in under 2 s, and each
+# of these takes seconds to import; the model code imports them where the model is built.
+HEAVY = ("torch", "transformers", "peft", "ml_dtypes", "dp_accounting", "scipy")
+# What a daemon imports before it can refuse a bad settings file (issue 11: fail in < 2 s).
+SETTINGS_MODULES = ["fedllm_server.settings", "fedllm_client.settings", "fedllm_server.cli"]
+
+
+def _imported_in_fresh_process(module: str) -> set[str]:
+    """Top-level packages in sys.modules after importing ``module`` in a new interpreter."""
+    probe = (
+        f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize("module", SETTINGS_MODULES)
+def test_reading_settings_imports_no_model_library(module: str) -> None:
+    loaded = _imported_in_fresh_process(module)
+    assert "pydantic" in loaded  # the probe saw the module's own imports
+    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm_core.errors import run_command
-from fedllm_core.logging import configure_logging
+from fedllm_core.logging import configure_logging, fatal_errors_logged
 from fedllm_core.version import version_text
 
 DESCRIPTION = (
@@ -81,6 +81,12 @@ def _classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Settings, logging, then the mode; a fatal error is also one ``fatal_error`` event."""
+    with fatal_errors_logged("client"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from fedllm_client.settings import load_client_settings  # heavy (torch): only when run
 
     settings = load_client_settings(args.config, _overrides(args))

@@ -14,6 +14,10 @@ measured from that same base and so already contains everything the first one dr
 residual is then discarded instead of added (it would count twice). The residual is held in
 memory: a restart loses at most one upload's rounding.
 
+Local DP (`[privacy] mode = "local"`): the delta is privatised (clipped to C, Gaussian noise
+from the CSPRNG, fedllm_core.privacy) before anything else here sees it, so the residual and
+every encoding are post-processing of what the noise covers.
+
 Pure numpy and the wire codec: no sockets, clock or torch; the caller passes durations in.
 """
 
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedllm_core.privacy import LocalDp, LocalReport, NoiseSource, SystemRandom, local_privatise
 from fedllm_proto.codec import Encoding, TensorDict, decode_body, encode_tensors
 
 # Bytes are measured, not assumed; on a tie the earlier (more exact) encoding stays.
@@ -44,6 +49,7 @@ class Choice:
     base_version: int
     residual: TensorDict | None  # Δ' - rebuilt, kept for the next upload (lossy only)
     reason: str  # "budget" (fewest bytes within it), "fast_link", or "fixed"
+    privacy: LocalReport | None = None  # local DP: the delta's norm, clip scale, noise std
 
 
 def relative_error(sent: TensorDict, rebuilt: TensorDict) -> float:
@@ -92,7 +98,13 @@ class Compressor:
     error feedback), or "adaptive"."""
 
     def __init__(
-        self, encoding: str, error_budget: float, raw_below_s: float, error_feedback: bool
+        self,
+        encoding: str,
+        error_budget: float,
+        raw_below_s: float,
+        error_feedback: bool,
+        local_dp: LocalDp | None = None,
+        source: NoiseSource | None = None,
     ) -> None:
         self.fixed = None if encoding == "adaptive" else Encoding(encoding)
         self.error_budget = error_budget
@@ -101,8 +113,17 @@ class Compressor:
         self.link = LinkThroughput()
         self._residual: TensorDict | None = None
         self._residual_base = -1
+        self.local_dp = local_dp
+        self.source = source or SystemRandom()
 
     def choose(self, delta: TensorDict, base_version: int) -> Choice:
+        report = None
+        if self.local_dp is not None:
+            delta, report = local_privatise(delta, self.local_dp, self.source)
+        choice = self._choose(delta, base_version)
+        return dataclasses.replace(choice, privacy=report) if report else choice
+
+    def _choose(self, delta: TensorDict, base_version: int) -> Choice:
         sent = self._with_residual(delta, base_version)
         raw_bytes = encode_tensors(sent, Encoding.RAW).body_bytes  # raw segments are views
         exact = Choice(Encoding.RAW, sent, raw_bytes, raw_bytes, 0.0, base_version, None, "fixed")

@@ -29,12 +29,12 @@ from fedllm_client.state import ClientState, StateError, StateStore
 from fedllm_client.synthetic_model import SyntheticModel
 from fedllm_core.data import load_client_data
 from fedllm_core.energy import EnergyMeter
-from fedllm_core.model import model_fingerprint
+from fedllm_core.model import fingerprint_parts, model_fingerprint
 from fedllm_proto.codec import TensorDict
 from fedllm_proto.messages import PROTOCOL_VERSIONS, Hello, TriggerReason, Update
 
 log = structlog.get_logger("fedllm.client")
-CAPABILITIES = ("fedavg", "fedopt", "gsfs", "partial_updates")
+CAPABILITIES = ("fedavg", "fedopt", "gsfs", "partial_updates", "tuning", "global_encodings")
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,17 @@ class Learner:
         self._since_persist = 0
         self._last_validation: dict[str, float] = {}
         self.progress = Progress(settings.max_total_steps)  # STATUS= and training_progress
+        # The GSFS trigger thresholds in force: [trigger] until the server's feedback loop sends a
+        # Tuning. Replaced whole (one reference assignment) from the loop thread; the worker
+        # reads it at its next check, so a check never sees half of an update.
+        self.trigger_settings = settings.trigger
         up = settings.upload
         self.compressor = Compressor(
-            up.encoding, up.error_budget, up.raw_below_s, up.error_feedback
+            up.encoding,
+            up.error_budget,
+            up.raw_below_s,
+            up.error_feedback,
+            settings.privacy.local_dp(),
         )
 
     @classmethod
@@ -94,6 +102,9 @@ class Learner:
 
     def _restore(self) -> None:
         s = self.state
+        if s.base is not None:  # the proximal anchor is the global model, not our progress
+            self.model.set_state(s.base)
+            self.model.anchor()
         if s.local is not None:
             self.model.set_state(s.local)
         if s.optimizer is not None:
@@ -120,6 +131,7 @@ class Learner:
         return Hello(
             protocol_versions=PROTOCOL_VERSIONS,
             model_fingerprint=self.model.fingerprint,
+            fingerprint_parts=self.model.fingerprint_parts,
             capabilities=CAPABILITIES,
             sample_count=self.model.sample_count,
             last_global_version=self.state.base_version,
@@ -140,6 +152,7 @@ class Learner:
         s = self.state
         previous = s.base_version
         self.model.set_state(tensors)
+        self.model.anchor()
         if self.settings.reset_optimizer_on_global:
             self.model.reset_optimizer()
         s.base, s.local, s.base_version = tensors, tensors, version
@@ -150,7 +163,7 @@ class Learner:
         if gsfs:
             m_ref = self._metric(self.validate("broadcast"))
             self.trigger = policy.on_broadcast(
-                self.trigger, s.steps_used, m_ref, self.settings.trigger
+                self.trigger, s.steps_used, m_ref, self.trigger_settings
             )
             self._check_snapshot = None
         self.metrics.write(
@@ -168,6 +181,7 @@ class Learner:
         """Sync strategies: every round trains from θ^v, not from last round's θ_i."""
         if self.state.trained_on_base and self.state.base is not None:
             self.model.set_state(self.state.base)
+            self.model.anchor()
             if self.settings.reset_optimizer_on_global:
                 self.model.reset_optimizer()
             self.state.local = self.state.base
@@ -207,13 +221,27 @@ class Learner:
             self.metrics.write("validation", step=self.state.steps_used, why=why, **result)
         return result
 
+    def retune(self, version: int, perf_delta: float, kappa: float) -> None:
+        """The server's feedback loop chose new trigger thresholds (protocol TUNING)."""
+        before = self.trigger_settings
+        self.trigger_settings = before.model_copy(update={"perf_delta": perf_delta, "kappa": kappa})
+        self.metrics.write(
+            "tuning_applied",
+            version=version,
+            perf_delta=perf_delta,
+            kappa=kappa,
+            previous_perf_delta=before.perf_delta,
+            previous_kappa=before.kappa,
+        )
+        log.info("tuning_applied", model_version=version, perf_delta=perf_delta, kappa=kappa)
+
     def _metric(self, result: dict[str, float]) -> float | None:
         return result.get(self.settings.trigger.metric)
 
     # ------------------------------------------------------------------ GSFS
     def gsfs_chunk(self) -> PendingUpload | None:
         """Train up to the next check; at a check evaluate the triggers (paper eq. 7-11)."""
-        ts = self.settings.trigger
+        ts = self.trigger_settings
         to_check = ts.check_every - (self.state.steps_used - self.trigger.last_check_step)
         results = self.train_chunk(max(1, min(self.settings.steps_per_chunk, to_check)))
         step = self.state.steps_used
@@ -372,7 +400,8 @@ def build_local_model(settings: ClientSettings) -> LocalModel:
     if settings.trainer == "synthetic":
         data = load_client_data(settings.data)  # labels, template, n_i: no model is built
         fingerprint = model_fingerprint(settings.model, data.label_names, data.template)
-        return SyntheticModel(settings.synthetic, fingerprint, data.sample_count)
+        parts = fingerprint_parts(settings.model, data.label_names, data.template)
+        return SyntheticModel(settings.synthetic, fingerprint, data.sample_count, parts)
     from fedllm_client.lora_model import LoraModel  # data + weights only when really training
 
     return LoraModel.build(settings)

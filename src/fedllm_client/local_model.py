@@ -25,12 +25,14 @@ class LocalModel(Protocol):
     """What the learner asks of a model. All methods run on the worker thread."""
 
     fingerprint: str
+    fingerprint_parts: dict[str, str]  # part -> short hash, for a mismatch to name (Hello)
     sample_count: int  # n_i: local training samples
     persists_tensors: bool  # False: tensors are derivable, state.json keeps counters only
     device: str  # where the work runs (for the energy meter)
 
     def layers(self) -> dict[str, list[str]]: ...  # layer -> tensor names
     def set_state(self, tensors: TensorDict) -> None: ...
+    def anchor(self) -> None: ...  # the current state is the global model training starts from
     def state(self) -> TensorDict: ...
     def delta(self, base: TensorDict) -> TensorDict: ...  # θ_i − θ^base, float32
     def step(self) -> StepResult: ...

@@ -19,6 +19,7 @@ from fedllm_core.data import load_client_data, load_eval_data
 from fedllm_core.model import (
     ModelBundle,
     build_model,
+    fingerprint_parts,
     layer_groups,
     load_trainable_state,
     model_fingerprint,
@@ -48,6 +49,7 @@ class LoraModel:
         self.template = template
         self.sample_count = sample_count
         self.fingerprint = model_fingerprint(settings.model, bundle.labels, template)
+        self.fingerprint_parts = fingerprint_parts(settings.model, bundle.labels, template)
         self.device = str(bundle.device)
         self._layers = layer_groups(trainer.params)
 
@@ -66,6 +68,9 @@ class LoraModel:
 
     def set_state(self, tensors: TensorDict) -> None:
         load_trainable_state(self.bundle.model, tensors)
+
+    def anchor(self) -> None:
+        self.trainer.set_anchor()
 
     def state(self) -> TensorDict:
         return trainable_state(self.bundle.model)

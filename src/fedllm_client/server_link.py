@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ import structlog
 from fedllm_client.learner import Learner, PendingUpload
 from fedllm_client.refusal import HandshakeRefused, Refused, tls_refusal
 from fedllm_client.worker_thread import WorkerThread
+from fedllm_core.privacy import federation_fingerprint, privacy_part
 from fedllm_proto.errors import ErrorCode
 from fedllm_proto.messages import (
     Ack,
@@ -33,6 +35,7 @@ from fedllm_proto.messages import (
     Reject,
     TrainRequest,
     TriggerReason,
+    Tuning,
     Update,
     Welcome,
 )
@@ -118,7 +121,13 @@ class ServerLink:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handshake(self) -> Welcome:
-        await self.peer.send(self.learner.hello())
+        hello = self.learner.hello()
+        local_dp = self.learner.settings.privacy.local_dp()  # C and σ must match the server's
+        fp = federation_fingerprint(hello.model_fingerprint, local_dp)
+        parts = {**hello.fingerprint_parts, "privacy": privacy_part(local_dp)}
+        await self.peer.send(
+            dataclasses.replace(hello, model_fingerprint=fp, fingerprint_parts=parts)
+        )
         try:
             reply = await self.peer.recv()
         except PeerClosed as exc:
@@ -196,6 +205,8 @@ class ServerLink:
             self.global_arrived.set()
         elif isinstance(msg, TrainRequest):
             self.requests.put_nowait(msg)
+        elif isinstance(msg, Tuning):
+            self.learner.retune(msg.version, msg.perf_delta, msg.kappa)
         elif isinstance(msg, Ack):
             self.learner.metrics.write(
                 "ack", update_id=msg.update_id, global_version=msg.global_version
@@ -242,6 +253,7 @@ class ServerLink:
                 trigger=pending.update.trigger.value,
                 bytes=nbytes,
                 base_version=pending.update.base_version,
+                **_privacy_fields(pending),
             )
             await self.worker.run(self.learner.uploaded, pending, nbytes, seconds)
 
@@ -304,6 +316,14 @@ class ServerLink:
         ):
             return
         await self.global_arrived.wait()
+
+
+def _privacy_fields(pending: PendingUpload) -> dict[str, float]:
+    """Local DP: the delta's norm before clipping, its clip scale and the noise std per entry."""
+    report = pending.compression.privacy if pending.compression is not None else None
+    if report is None:
+        return {}
+    return {"dp_norm": report.norm, "dp_scale": report.scale, "dp_noise_std": report.noise_std}
 
 
 def _exception(tasks: set[asyncio.Task[Any]]) -> BaseException | None:

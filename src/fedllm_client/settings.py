@@ -18,10 +18,11 @@ from fedllm_client.attack import AttackSettings
 from fedllm_client.backoff import BackoffSettings
 from fedllm_client.trigger import TriggerSettings
 from fedllm_core.data import DataSettings
-from fedllm_core.model import ModelSettings
+from fedllm_core.model_settings import ModelSettings
 from fedllm_core.observe_http import MetricsEndpointSettings
+from fedllm_core.privacy import LocalPrivacySettings
 from fedllm_core.settings import FrozenSettings, load_settings
-from fedllm_core.training import TrainSettings
+from fedllm_core.train_settings import TrainSettings
 
 ENV_PREFIX = "FEDLLM_CLIENT"
 S = TypeVar("S", bound=FrozenSettings)
@@ -125,12 +126,22 @@ class ClientSettings(FrozenSettings):
     attack: AttackSettings = _default(AttackSettings)
     # Local HTTP endpoint: Prometheus /metrics (docs/metrics.md); off by default.
     metrics: MetricsEndpointSettings = _default(MetricsEndpointSettings)
+    # Local DP: clip and noise every upload here (docs/privacy.md); the server's [privacy]
+    # must say mode = "local" with the same clip_norm and noise_multiplier. Off by default.
+    privacy: LocalPrivacySettings = _default(LocalPrivacySettings)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ClientSettings:
         missing = [n for n in ("ca", "cert", "key") if getattr(self.tls, n) is None]
         if not self.insecure and missing:
             raise ValueError(f"tls.{', tls.'.join(missing)} required unless insecure = true")
+        return self
+
+    @model_validator(mode="after")
+    def _local_dp_sends_everything(self) -> ClientSettings:
+        if self.privacy.mode == "local" and self.trigger.partial_updates:
+            # which layers a partial update leaves out would be a release the noise misses
+            raise ValueError("privacy.mode = 'local' needs trigger.partial_updates = false")
         return self
 
     @property

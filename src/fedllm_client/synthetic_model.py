@@ -27,9 +27,16 @@ class SyntheticModel:
     persists_tensors = False
     device = "cpu"
 
-    def __init__(self, settings: SyntheticSettings, fingerprint: str, sample_count: int) -> None:
+    def __init__(
+        self,
+        settings: SyntheticSettings,
+        fingerprint: str,
+        sample_count: int,
+        fingerprint_parts: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.fingerprint = fingerprint
+        self.fingerprint_parts = fingerprint_parts or {}
         self.sample_count = sample_count
         self._update: TensorDict | None = None
         self._base: TensorDict = {}
@@ -41,6 +48,9 @@ class SyntheticModel:
         self._base = tensors
         if self._update is None or self._update.keys() != tensors.keys():
             self._update = self._draw(tensors)
+
+    def anchor(self) -> None:
+        pass  # no training, so nothing to pull toward
 
     def _draw(self, like: TensorDict) -> TensorDict:
         rng = np.random.default_rng(self.settings.seed)

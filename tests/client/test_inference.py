@@ -13,13 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tomli_w
+import torch
 
 from fedllm_client import cli
-from fedllm_client.inference import run_classify, zeek_lines
+from fedllm_client.inference import FlowClassifier, run_classify, zeek_lines
 from fedllm_client.learner import Learner
 from fedllm_client.settings import ClientSettings
+from fedllm_core.training import encode_split, predict_logits
 
 from .conftest import tiny_settings
 
@@ -176,3 +179,35 @@ def test_classify_help_is_its_own(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["classify", "--help"])
     assert "--alerts-only" in capsys.readouterr().out
+
+
+def test_the_served_model_has_the_adapter_folded_in_and_answers_as_the_adapter_model(
+    trained: ClientSettings,
+) -> None:
+    # float32 whatever the CPU: on an AMX machine "auto" picks bfloat16, which is served
+    # unfolded (the test below)
+    classifier = serving_classifier(trained, "float32")
+    served = dict(classifier.serving.model.named_parameters())
+    adapter = dict(classifier.bundle.model.named_parameters())
+    layer = "bert.encoder.layer.0.attention.self.query"
+    texts = ["tcp 22 SF 502.9 s", "tcp 6667 S0 3.1 s", "udp 53 dns"]
+    split = encode_split(classifier.bundle.tokenizer, texts, None, trained.model.max_length)
+    expected = torch.softmax(torch.from_numpy(predict_logits(classifier.bundle, split)), dim=1)
+    assert not any("lora_" in name for name in served)
+    assert not torch.equal(  # the fold moved the weight
+        served[f"{layer}.weight"], adapter[f"base_model.model.{layer}.base_layer.weight"]
+    )
+    np.testing.assert_allclose(classifier.probabilities(texts), expected.numpy(), atol=1e-5)
+
+
+def test_a_bfloat16_model_is_served_unfolded_so_its_answers_are_not_rounded(
+    trained: ClientSettings,
+) -> None:
+    classifier = serving_classifier(trained, "bfloat16")
+    assert classifier.serving.model is classifier.bundle.model
+
+
+def serving_classifier(trained: ClientSettings, dtype: str) -> FlowClassifier:
+    local = trained.inference.model_copy(update={"which": "local"})  # trained: B ≠ 0
+    model = trained.model.model_copy(update={"dtype": dtype})
+    return FlowClassifier(trained.model_copy(update={"inference": local, "model": model}))
