@@ -18,6 +18,10 @@ classifier does, reading and writing included:
 - ``batch1``: cache off, one flow per forward pass: p50/p95 latency per flow (warm-up
   excluded), what a single flow waits when traffic is sparse
 
+``classify`` serves a copy of the model with the LoRA factors folded into its weights; the
+``merged`` line checks it answers as the adapter model does on every distinct text (largest
+difference of a class probability, verdicts that differ).
+
 Goal (issue 11): >= 1,000 flows/s batched on 2 cores. Last line: one JSON object.
 
     python bench/classify.py [--flows 20000] [--model-flows 3000] [--batch1-flows 300]
@@ -37,11 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedllm_client.inference import ClassifyRun, StopSignal
+from fedllm_client.inference import ClassifyRun, FlowClassifier, StopSignal
 from fedllm_client.learner import Learner
 from fedllm_client.settings import ClientSettings
 from fedllm_core.data import FlowTable, load_flows
 from fedllm_core.data.table import NUMERIC_FIELDS, ZEEK_FIELDS
+from fedllm_core.training import encode_split, predict_logits
 
 GOAL_FLOWS_PER_S = 1000.0
 TRAIN_STEPS = 20
@@ -97,6 +102,21 @@ def distinct_rows(flows: FlowTable, rows: np.ndarray, run: ClassifyRun) -> np.nd
     return np.array(sorted(seen.values()))
 
 
+def merged_parity(classifier: FlowClassifier, texts: list[str]) -> dict[str, Any]:
+    """The served (merged) model against the adapter model it was folded from, on ``texts``."""
+    bundle = classifier.bundle  # the adapter model, as trained
+    split = encode_split(bundle.tokenizer, texts, None, bundle.settings.max_length)
+    served = classifier.probabilities(texts)  # (N, C), through the merged copy
+    adapter = torch.softmax(torch.from_numpy(predict_logits(bundle, split)), dim=1)
+    adapter_np = adapter.numpy()  # (N, C)
+    return {
+        "merged": classifier.serving is not classifier.bundle,
+        "texts": len(texts),
+        "max_abs_diff_p": float(np.abs(served - adapter_np).max()),
+        "argmax_differs": int((served.argmax(1) != adapter_np.argmax(1)).sum()),
+    }
+
+
 def scenario(settings: ClientSettings, log: Path, **inference: Any) -> dict[str, Any]:
     """One ``classify`` pass over ``log`` with some [inference] keys changed; its summary."""
     changed = settings.inference.model_copy(update=inference)
@@ -137,6 +157,8 @@ def main() -> int:
         write_conn_log(logs["one"], flows, rows[: args.batch1_flows])
         probe = ClassifyRun(settings, io.StringIO(), alerts_only=False)
         distinct = distinct_rows(flows, rows, probe)
+        texts = [probe.classifier.template(flows.record(int(i))) for i in distinct]
+        parity = merged_parity(probe.classifier, texts)
         write_conn_log(logs["distinct"], flows, np.tile(distinct, DISTINCT_REPEATS))
         del probe
         results = {
@@ -151,6 +173,7 @@ def main() -> int:
     )
     for name, summary in results.items():
         _print(name, summary)
+    print(f"merged          {parity}")
     figures = {name: _figures(s) for name, s in results.items()}
     batched = [(n, s) for n, s in results.items() if n != "batch1"]
     print(
@@ -162,6 +185,7 @@ def main() -> int:
                 "flows": len(rows),
                 "distinct_texts": len(distinct),
                 "results": figures,
+                "merged_parity": parity,
                 "goal_flows_per_s": GOAL_FLOWS_PER_S,
                 "goal_met": {name: s["flows_per_s"] >= GOAL_FLOWS_PER_S for name, s in batched},
                 "wall_s": round(time.monotonic() - started, 1),

@@ -17,6 +17,7 @@ held-out captures >= 0.85. Last line of output: one JSON object with the means, 
 and whether each goal was met.
 
     python bench/generalisation.py [--seeds 0,1,2] [--task binary|multiclass] [--quick]
+                                   [--config experiment.toml]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ REFERENCE = "lightgbm_fields"
 
 def _one_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     flags = {"strategies": ("gsfs",), "seed": seed, "task": args.task, "split": "capture"}
-    exp = load_experiment_settings(None, quick=args.quick, flags=flags)
+    exp = load_experiment_settings(args.config, quick=args.quick, flags=flags)
     outcome = run_experiment(exp, out / f"seed{seed}", out=sys.stderr)
     if outcome.failures or not outcome.runs:
         raise SystemExit(f"seed {seed}: the GSFS run failed: {outcome.failures}")
@@ -91,6 +92,7 @@ def main() -> int:
     parser.add_argument("--task", choices=("binary", "multiclass"), default="binary")
     parser.add_argument("--quick", action="store_true", help="the experiment's --quick preset")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--config", type=Path, help="experiment TOML laid under the flags")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     start = time.monotonic()

@@ -10,9 +10,14 @@ Then the smallest σ with ε ≤ the target for each (T, q), by both methods, an
 central mode: the noise std on the mean per unit of clip norm, σ/(q·N) with N clients.
 Then one variable-participation ledger (q alternating between 0.6 and 1), through the
 accountant class itself, and the cost of the CSPRNG normals against numpy's PCG64.
-Last output line: one JSON object.
+Then the default experiment's setting (`--rounds` FedAvg aggregations, every client in each:
+q = 1): the σ that PLD gives for the target, and ε at that σ by three methods: PLD, RDP and
+the exact ε of T composed Gaussian mechanisms (μ-GDP with μ = √T/σ, Balle & Wang 2018: δ(ε) =
+Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2), solved for ε), a second method independent of
+dp-accounting. Last output line: one JSON object.
 
     python bench/privacy_accounting.py [--clients 5] [--delta 1e-6] [--target-epsilon 8]
+                                       [--rounds 20]
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import time
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import norm
 
 from fedllm_server.privacy import (
     AccountantConfig,
@@ -97,6 +104,34 @@ def noise_speed(n: int = 2_000_000) -> dict[str, float]:
     return timings
 
 
+def exact_gaussian_epsilon(sigma: float, aggregations: int, delta: float) -> float:
+    """ε at δ of `aggregations` Gaussian mechanisms (sensitivity 1, std σ), composed exactly."""
+    mu = np.sqrt(aggregations) / sigma
+
+    def gap(eps: float) -> float:
+        return float(norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * norm.cdf(-eps / mu - mu / 2))
+
+    return float(brentq(lambda e: gap(e) - delta, 0.0, 500.0))
+
+
+def experiment_check(delta: float, target: float, rounds: int) -> dict[str, float]:
+    sigma = noise_multiplier_for(target, delta, rounds)
+    ledger = compose((), sigma, 1.0, rounds)
+    row = {
+        "T": rounds,
+        "sigma": sigma,
+        "pld": epsilon(ledger, delta, "pld"),
+        "rdp": epsilon(ledger, delta, "rdp"),
+        "exact": exact_gaussian_epsilon(sigma, rounds, delta),
+    }
+    print(
+        f"\ndefault experiment, T = {rounds} aggregations, q = 1: sigma {sigma:.4f} (PLD, "
+        f"epsilon <= {target:g}); epsilon PLD {row['pld']:.4f}, RDP {row['rdp']:.4f}, "
+        f"exact Gaussian composition {row['exact']:.4f}"
+    )
+    return row
+
+
 def _timed(draw: Any, n: int) -> float:
     start = time.perf_counter()
     draw(n)
@@ -108,6 +143,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--delta", type=float, default=1e-6)
     parser.add_argument("--target-epsilon", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=20, help="the experiment's aggregations")
     args = parser.parse_args()
     result = {
         "delta": args.delta,
@@ -117,6 +153,7 @@ def main() -> None:
         "sigma_for_target": sigma_table(args.delta, args.target_epsilon, args.clients),
         "variable_participation": variable_participation(args.delta, args.clients),
         "normals_s_per_million": noise_speed(),
+        "experiment": experiment_check(args.delta, args.target_epsilon, args.rounds),
     }
     print(json.dumps(result))
 

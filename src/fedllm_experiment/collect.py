@@ -255,6 +255,7 @@ def collect_run(
         history=hist,
         privacy=privacy_record(_kind(server, "aggregation")),
         upload_events=upload_events(server),
+        feedback=[dict(r) for r in _kind(server, "feedback")],  # [] unless --adaptive (GSFS)
         # what the clients put on the wire (bytes_up is the server's count of decoded tensor
         # bytes, the same for raw but not for a compressed upload)
         bytes_up_by_encoding=_sum_counts(c["bytes_up_by_encoding"] for c in clients),

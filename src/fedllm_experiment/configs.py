@@ -81,6 +81,9 @@ class ExperimentSettings(FrozenSettings):
     attack: Attack = "none"
     malicious: float = Field(0.2, ge=0, le=1, description="share of poisoned clients")
     defense: Defense | None = None
+    # The adaptive feedback loop (docs/feedback.md): GSFS runs get [server.feedback] enabled, a
+    # bandit that retunes every client's trigger thresholds online. FedAvg/FedOpt are unchanged.
+    adaptive: bool = False
     # Raw settings laid over the generated ones: `shared` ([shared.data], [shared.model]) on both
     # daemons, then `server` / `client` on one side (e.g. [client.train], [client.trigger]).
     # Keys are the daemons' own (docs/server.md, docs/client.md).

@@ -98,6 +98,8 @@ def server_dict(
     }
     if exp.defense is not None:
         generated["robust"] = defense_section(exp.defense)
+    if exp.adaptive and strategy == "gsfs":
+        generated["feedback"] = {"enabled": True}
     layered = deep_merge(deep_merge(generated, shared_sections(exp)), exp.shared)
     return deep_merge(layered, exp.server)
 

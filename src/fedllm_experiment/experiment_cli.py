@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the server's robust aggregation rule (default: the server config's)",
     )
     parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        default=None,
+        help="GSFS with the feedback loop: a bandit retunes the client triggers (docs/feedback.md)",
+    )
+    parser.add_argument(
         "--seeds",
         type=_seeds,
         help="comma list: one whole experiment per seed (its own capture split), then a "
@@ -139,6 +145,7 @@ def describe(exp: ExperimentSettings) -> str:
             else ""
         )
         + (f"; defense {exp.defense}" if exp.defense is not None else "")
+        + ("; adaptive feedback loop (GSFS)" if exp.adaptive else "")
     )
 
 
@@ -158,7 +165,7 @@ def settings_and_out_dir(
 
 def run(args: argparse.Namespace) -> int:
     exp, out_dir = settings_and_out_dir(
-        args, "strategies", "seeds", "attack", "malicious", "defense"
+        args, "strategies", "seeds", "attack", "malicious", "defense", "adaptive"
     )
     print(describe(exp), f"\noutput: {out_dir}", flush=True)
     started = time.monotonic()
