@@ -36,6 +36,7 @@ __all__ = [
     "LocalTrainer",
     "StepStats",
     "TrainSettings",
+    "autocast",
     "encode_split",
     "predict",
     "predict_logits",
@@ -187,7 +188,8 @@ class StepStats:
     layer_grad_norms: dict[str, float]  # layer -> L2 norm of its gradient before clipping
 
 
-def _autocast(bundle: ModelBundle) -> contextlib.AbstractContextManager[object]:
+def autocast(bundle: ModelBundle) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast when the bundle computes in bf16 (CUDA, AMX CPUs); else a no-op."""
     if bundle.compute_dtype != torch.float32:  # bf16 matmuls; fp32 where autocast says so
         return torch.autocast(bundle.device.type, dtype=bundle.compute_dtype)
     return contextlib.nullcontext()
@@ -260,7 +262,7 @@ class LocalTrainer:
         model = self.bundle.model
         model.train()
         ids, mask, labels = self.train.batch(self.stream.next(), self.bundle.device)
-        with _autocast(self.bundle):
+        with autocast(self.bundle):
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
         loss = F.cross_entropy(logits.float() + self._logit_offset, labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -370,7 +372,7 @@ def predict_logits(bundle: ModelBundle, split: EncodedSplit, batch_size: int = 6
     model.eval()
     out = np.empty((len(split), bundle.num_labels), dtype=np.float32)
     try:
-        with torch.inference_mode(), _autocast(bundle):
+        with torch.inference_mode(), autocast(bundle):
             for idx in _batches(split, batch_size):
                 ids, mask, _ = split.batch(idx, bundle.device)
                 logits = model(input_ids=ids, attention_mask=mask).logits  # (B, C)
