@@ -16,6 +16,9 @@ then resumes from the last durable version and aggregates the logged updates aga
 updates are refused (`unexpected`, not the client's fault) until a retry (`flush_checkpoint`,
 which the daemon calls periodically, or the next arrival) has made the state durable: nothing
 is Acked that a restart could not bring back. The failures are counted for the metrics.
+Distillation (`[distill]`, off by default): an optional `Refiner` turns the strategy's θ^{v+1}
+into the distilled student before it is encoded, checkpointed and broadcast (distill/hook.py);
+it runs here, in the engine thread, like the aggregation it follows.
 Central DP (`[privacy] mode = "central"`): the engine owns the accountant. Before an
 aggregation it records one event (σ, q = 1) for every client that could have contributed:
 every client enrolled (the schedule's `durable["enrolled"]`) plus those in the aggregation. An
@@ -43,6 +46,7 @@ from fedllm_proto.codec import Encoding
 from fedllm_proto.messages import RejectCode, Update
 from fedllm_server.accepted import AcceptedUpdate
 from fedllm_server.broadcast_encoding import BroadcastSettings, choose
+from fedllm_server.distill.hook import Refiner
 from fedllm_server.durable.checkpoint import Checkpoint, CheckpointStore
 from fedllm_server.durable.poollog import PoolLog
 from fedllm_server.durable.retry import Attempts, RetrySettings, retry_io
@@ -99,6 +103,7 @@ class Committed:
     checkpoint_failures: int = 0  # failed checkpoint writes since the engine started
     encoding: Encoding = Encoding.RAW  # how this version is broadcast (broadcast_encoding.py)
     encoding_error: float = 0.0  # its relative error against the version's step
+    distill: Mapping[str, float | int] | None = None  # the refiner's report (None: not refined)
 
 
 class Engine:
@@ -115,8 +120,10 @@ class Engine:
         norm_bound: NormBoundSettings | None = None,
         privacy: PrivacySettings | None = None,
         broadcast: BroadcastSettings | None = None,
+        refiner: Refiner | None = None,
     ) -> None:
         self.strategy = strategy
+        self.refiner = refiner  # [distill]: θ^{v+1} distilled before it is published
         self.broadcast = broadcast or BroadcastSettings()
         self.privacy = privacy or PrivacySettings()
         self.accountant: PrivacyAccountant | None = None
@@ -257,6 +264,7 @@ class Engine:
             }
             result = replace(result, metrics=replace(result.metrics, privacy=privacy))
         self.strategy_state = result.state
+        result, distilled = self._refine(result)
         # θ^{v+1} becomes what the clients will decode, so both sides hold the same model
         choice = choose(self.broadcast, result.global_tensors, self.global_tensors)
         result = replace(result, global_tensors=choice.tensors)
@@ -275,7 +283,20 @@ class Engine:
             failures,
             choice.encoding,
             choice.error,
+            distilled,
         )
+
+    def _refine(
+        self, result: StrategyResult[Any]
+    ) -> tuple[StrategyResult[Any], Mapping[str, float | int] | None]:
+        """θ^{v+1} through the refiner (distillation), before it is encoded and checkpointed,
+        so what is saved and broadcast is the distilled student; its report, or None."""
+        if self.refiner is None:
+            return result, None
+        refined = self.refiner.refine(result.global_tensors, result.metrics.version)
+        if refined is None:
+            return result, None
+        return replace(result, global_tensors=refined.tensors), refined.report
 
     def _account(
         self, fold: Mapping[str, int], durable: Mapping[str, Any]

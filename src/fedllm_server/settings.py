@@ -19,6 +19,7 @@ from fedllm_core.observe_http import MetricsEndpointSettings
 from fedllm_core.settings import FrozenSettings
 from fedllm_proto.timeouts import Timeouts
 from fedllm_server.broadcast_encoding import BroadcastSettings
+from fedllm_server.distill.settings import DistillSettings
 from fedllm_server.durable.retry import RetrySettings
 from fedllm_server.feedback.settings import FeedbackSettings
 from fedllm_server.privacy.settings import PrivacySettings
@@ -95,6 +96,8 @@ class ServerSettings(FrozenSettings):
     # How new versions travel to clients that decode lossy models (docs/server.md, "Broadcast
     # encoding"): raw by default; lossy makes θ^v itself the decoded tensors.
     broadcast: BroadcastSettings = Field(default_factory=BroadcastSettings)
+    # Hybrid edge-cloud: a cloud teacher distilled into every k-th global model (docs/distill.md).
+    distill: DistillSettings = Field(default_factory=DistillSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     # The door's ‖Δ‖₂ bound from the accepted norms (on by default; docs/server.md).
     norm_bound: NormBoundSettings = Field(default_factory=NormBoundSettings)

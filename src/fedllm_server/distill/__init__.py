@@ -1,0 +1,1 @@
+"""Hybrid edge-cloud distillation (docs/distill.md): a cloud teacher, KD into θ^v."""
