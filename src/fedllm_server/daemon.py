@@ -1,9 +1,10 @@
 """The server daemon's lifecycle: start-up, the listening socket, signals, systemd, shutdown.
 
 Lifecycle: build the central model (θ^0, fingerprint, test split) -> lock the state_dir (a
-second server on it exits 75, `durable.lock`) -> restore the newest good
-checkpoint, let the strategy build its schedule from it, replay the pool log -> encode the
-current global model -> listen (mutual TLS unless `insecure`) -> READY=1 -> serve until
+second server on it exits 75, `durable.lock`) -> with `[distill]`, the cloud teacher (cached
+in the state_dir, else trained) and the distiller the engine refines θ^v with -> restore the
+newest good checkpoint, let the strategy build its schedule from it, replay the pool log ->
+encode the current global model -> listen (mutual TLS unless `insecure`) -> READY=1 -> serve until
 SIGTERM/SIGINT or `stop_after_versions` -> STOPPING=1 -> finish the aggregation in flight (its
 checkpoint included), write pending reports, flush outboxes, Bye to every client -> exit 0.
 The Bye says why: `finished` when `stop_after_versions` was reached (clients exit),
@@ -25,7 +26,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,6 +38,7 @@ from fedllm_proto.tls import RevocationList, server_context
 from fedllm_proto.transport import Peer, serve
 from fedllm_server import connections, door, scheduler
 from fedllm_server.broadcast import encode_global
+from fedllm_server.distill.hook import Refiner
 from fedllm_server.durable.checkpoint import CheckpointStore
 from fedllm_server.durable.lock import StateDirLock
 from fedllm_server.durable.poollog import PoolLog
@@ -49,6 +51,9 @@ from fedllm_server.observe.systemd_status import ServerStatusLine
 from fedllm_server.schedule.base import RoundConfig, ScheduleContext
 from fedllm_server.settings import ServerSettings
 from fedllm_server.state import EngineThread, ServerState
+
+if TYPE_CHECKING:
+    from fedllm_server.distill.distiller import Opened
 from fedllm_server.strategies.registry import make_strategy
 
 log = structlog.get_logger("fedllm.server")
@@ -79,7 +84,9 @@ class Tls:
 # ---------------------------------------------------------------------------------- start-up
 
 
-def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
+def make_engine(
+    settings: ServerSettings, fingerprint: str, refiner: Refiner | None = None
+) -> EngineThread:
     state_dir = settings.state_dir  # created (0700) and locked by the caller
     store = CheckpointStore(state_dir / "checkpoints")
     strategy = make_strategy(settings.strategy, settings.robust, settings.privacy)
@@ -94,8 +101,35 @@ def make_engine(settings: ServerSettings, fingerprint: str) -> EngineThread:
         settings.norm_bound,
         settings.privacy,
         settings.broadcast,
+        refiner,
     )
     return EngineThread(engine)
+
+
+async def open_distillation(settings: ServerSettings, central: CentralModel) -> Opened | None:
+    """`[distill]` on: the teacher (trained once, cached in state_dir) and the distiller,
+    built in a worker thread (minutes on a first start) so the loop stays responsive."""
+    if not settings.distill.enabled:
+        return None
+    from fedllm_server.distill.distiller import open_distiller  # torch work, only when asked
+
+    return await asyncio.to_thread(open_distiller, settings, central.identity.labels)
+
+
+def _teacher_record(state: ServerState, opened: Opened) -> None:
+    report = opened.report
+    state.metrics.write(
+        "teacher",
+        source=report.source,
+        key=report.key[:32],
+        rows=report.rows,
+        steps=report.steps,
+        loss=report.loss,
+        seconds=report.seconds,
+        transfer=len(opened.distiller.transfer),
+        template=state.settings.distill.template,
+        evaluation=opened.teacher_evaluation,
+    )
 
 
 async def restore(
@@ -218,8 +252,14 @@ async def start(
 async def _start_locked(
     settings: ServerSettings, central: CentralModel, lock: StateDirLock, install_signals: bool
 ) -> Running:
-    restored = await restore(settings, central, make_engine(settings, central.identity.fingerprint))
+    opened = await open_distillation(settings, central)
+    refiner = None if opened is None else opened.distiller
+    restored = await restore(
+        settings, central, make_engine(settings, central.identity.fingerprint, refiner)
+    )
     state = restored.state
+    if opened is not None:
+        _teacher_record(state, opened)
     tls = tls_setup(settings)
     state.metrics.listeners.append(ServerStatusLine(state).on_record)  # systemd STATUS=
     try:

@@ -2,7 +2,8 @@
 
 Record kinds (field `kind`): `start` (one per process start), `update` (every accepted or
 rejected upload), `round` (every closed synchronous round, aggregated or abandoned),
-`aggregation` (every new global version, with its central evaluation when one ran) and `stop`.
+`aggregation` (every new global version, with its central evaluation when one ran), `teacher`
+(`[distill]`: one per start, the cloud teacher and its test figures) and `stop`.
 Every record is the shared shape of `fedllm_core.metrics_record` (docs/events.md: `schema`,
 `daemon = "server"`, `kind`, `ts`, `time`, `t`, then the kind's fields); `read_metrics` also
 reads files written before it (schema 1).

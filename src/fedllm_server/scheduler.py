@@ -212,6 +212,7 @@ def aggregation_record(item: Published, evaluation: dict[str, float] | None) -> 
         "broadcast_s": item.broadcast_s,
         "broadcast_encoding": item.committed.encoding.value,
         "broadcast_error": item.committed.encoding_error,
+        "distill": item.committed.distill,  # [distill]: the KD report (None: not distilled)
         "checkpoint_s": item.committed.checkpoint_s,
         "durable": item.committed.durable,  # False: its checkpoint failed every retry
         "checkpoint_failures": item.committed.checkpoint_failures,  # since the start
