@@ -86,6 +86,18 @@ def _mean(results: list[dict[str, Any]], name: str, key: str) -> float:
     return round(statistics.fmean(values), 4)
 
 
+def _goals_at_val_threshold(
+    means: dict[str, dict[str, float]], tree: dict[str, float]
+) -> dict[str, bool]:
+    tuned = means.get("gsfs_val_threshold")
+    if tuned is None:  # no seed had a validation threshold
+        return {}
+    return {
+        "goal_f1_vs_lightgbm_at_val_threshold": tuned["f1_macro"] >= tree["f1_macro"],
+        "goal_distinct_accuracy_at_val_threshold": tuned["distinct_accuracy"] >= DISTINCT_GOAL,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma list (default 0,1,2)")
@@ -120,6 +132,9 @@ def main() -> int:
                 ],
                 "goal_f1_vs_lightgbm": gsfs["f1_macro"] >= tree["f1_macro"],
                 "goal_distinct_accuracy": gsfs["distinct_accuracy"] >= DISTINCT_GOAL,
+                # the same final model at the P(malicious) threshold chosen on the validation
+                # captures (no test data): an operating point an operator would pick
+                **_goals_at_val_threshold(means, tree),
                 "wall_s": round(time.monotonic() - start, 1),
             }
         )

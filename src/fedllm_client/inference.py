@@ -42,6 +42,7 @@ from fedllm_client.stats import Summary
 from fedllm_core import systemd
 from fedllm_core.data import ZeekStream, prepare_data, read_flow_file, template_for
 from fedllm_core.errors import DataError
+from fedllm_core.hostcontext import HostWindow, with_context
 from fedllm_core.model import ModelBundle, build_model, load_trainable_state
 from fedllm_core.training import encode_split, predict_logits
 from fedllm_core.version import package_version
@@ -180,16 +181,23 @@ def _rotated(path: Path, inode: int, position: int) -> bool:
     return stat.st_ino != inode or stat.st_size < position
 
 
-def _records(path: Path, follow: bool, poll_s: float, summary: Summary) -> Iterator[Record | None]:
-    """Flow records of ``path`` (None: nothing more to read right now)."""
+def _records(
+    path: Path, follow: bool, poll_s: float, summary: Summary, host_context_s: float | None
+) -> Iterator[Record | None]:
+    """Flow records of ``path`` (None: nothing more to read right now), each with its host
+    context when ``host_context_s`` is set: a whole file as training computes it, a followed
+    log by one window over the lines as they are read."""
     if not follow and (path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz")):
         table, report = read_flow_file(path)
         summary.malformed += report.malformed
         for problem in report.problems:
             log.warning("flow_malformed", where=str(problem))
+        if host_context_s is not None:
+            table = with_context(table, host_context_s)
         yield from (table.record(i) for i in range(len(table)))
         return
     stream = ZeekStream()
+    hosts = HostWindow(host_context_s) if host_context_s is not None else None
     for number, line in zeek_lines(path, follow, poll_s):
         if number == 0:
             yield None
@@ -201,7 +209,7 @@ def _records(path: Path, follow: bool, poll_s: float, summary: Summary) -> Itera
             log.warning("flow_malformed", file=str(path), line=number, reason=str(exc))
             continue
         if record is not None:
-            yield record
+            yield hosts.annotate(record) if hosts is not None else record
 
 
 class StopSignal:
@@ -242,7 +250,8 @@ class ClassifyRun:
 
     def run(self, path: Path, follow: bool, stop: StopSignal) -> None:
         systemd.notify("READY=1\nSTATUS=classifying")
-        for record in _records(path, follow, self.inference.poll_interval_s, self.summary):
+        poll_s, window_s = self.inference.poll_interval_s, self.settings.data.host_context_s
+        for record in _records(path, follow, poll_s, self.summary, window_s):
             if record is not None:
                 self.pending.append((record, time.monotonic()))
             if record is None or self._batch_due():

@@ -76,6 +76,7 @@ class Template:
     max_tokens: int  # budget: most BERT word-piece tokens incl. [CLS]/[SEP] on IoT-23
     description: str
     format_record: Callable[[Record], str]
+    fields: tuple[str, ...] = PROMPT_FIELDS  # the columns `render` hands to format_record
 
     @property
     def key(self) -> str:
@@ -299,6 +300,6 @@ def render(
     """The text of every row of ``flows`` (or of the rows at ``indices``), in order."""
     chosen = get_template(template) if isinstance(template, str) else template
     table = flows if indices is None else flows.take(indices)
-    columns = {name: table.column(name).tolist() for name in PROMPT_FIELDS}
+    columns = {name: table.column(name).tolist() for name in chosen.fields}
     rows = zip(*columns.values(), strict=True)
-    return [chosen.format_record(dict(zip(PROMPT_FIELDS, row, strict=True))) for row in rows]
+    return [chosen.format_record(dict(zip(chosen.fields, row, strict=True))) for row in rows]

@@ -72,6 +72,10 @@ class ExperimentSettings(FrozenSettings):
     # outweighs one with 2,000 rows of mixed traffic: on unseen captures (seed 2) macro-F1 0.163
     # off, 0.947 on. False keeps the paper's rule (docs/gsfs.md).
     gsfs_sample_weighting: bool = True
+    # GSFS's η_s (the server's [strategy] server_lr): θ += η_s · aggregated Δ. 0.5 steadied the
+    # global model on unseen captures with host context (docs/experiment.md); FedOpt keeps its
+    # own η_s and FedAvg has none, so this key touches GSFS runs only.
+    gsfs_server_lr: float = Field(1.0, gt=0)
     torch_threads: int = Field(1, ge=1, description="per daemon process")
     run_timeout_s: float = Field(900.0, gt=0, description="one strategy's deployment")
     latency_requests: int = Field(200, ge=10)

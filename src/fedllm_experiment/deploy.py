@@ -76,6 +76,7 @@ def strategy_section(exp: ExperimentSettings, strategy: str) -> dict[str, Any]:
         "federation_size": exp.clients,
         "max_wait_s": 30.0,
         "sample_weighting": exp.gsfs_sample_weighting,
+        "server_lr": exp.gsfs_server_lr,
     }
 
 

@@ -1,8 +1,9 @@
 """Gradient-boosted trees on the flow fields: the baseline a practitioner would try first.
 
 Features are exactly the connection fields the prompt templates may read
-(``fedllm_core.prompts.PROMPT_FIELDS``): the same information the language model sees, with no
-addresses, timestamps or capture names (those identify the capture and with it the label).
+(``fedllm_core.prompts.PROMPT_FIELDS``, plus the host context when it is on): the same
+information the language model sees, with no addresses, timestamps or capture names (those
+identify the capture and with it the label).
 Categorical fields become integer codes learned on the training rows; a value unseen in training
 maps to LightGBM's missing value, as it would for a new deployment.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedllm_core.data.table import FlowTable
+from fedllm_core.hostcontext import CONTEXT_FIELDS
 from fedllm_core.metrics import classification_metrics
 from fedllm_core.prompts import PROMPT_FIELDS
 
@@ -40,12 +42,15 @@ def fit_codes(train: FlowTable) -> dict[str, dict[str, int]]:
 
 
 def features(flows: FlowTable, codes: Mapping[str, Mapping[str, int]]) -> np.ndarray:
-    """(N, F) float64 matrix: numeric fields as they are (NaN = unset), categories as codes."""
+    """(N, F) float64 matrix: numeric fields as they are (NaN = unset), categories as codes,
+    then the host context columns when the table carries them (``host_context_s``: the trees
+    then see what the language model's prompt says)."""
     columns = [flows.numbers[field] for field in NUMERIC]
     for field in CATEGORICAL:
         table = codes[field]
         raw = flows.strings[field].tolist()
         columns.append(np.array([table.get(v, np.nan) for v in raw], dtype=np.float64))
+    columns += [flows.numbers[field] for field in CONTEXT_FIELDS if field in flows.numbers]
     return np.stack(columns, axis=1) if len(flows) else np.zeros((0, len(columns)))
 
 

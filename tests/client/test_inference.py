@@ -211,3 +211,46 @@ def serving_classifier(trained: ClientSettings, dtype: str) -> FlowClassifier:
     local = trained.inference.model_copy(update={"which": "local"})  # trained: B ≠ 0
     model = trained.model.model_copy(update={"dtype": dtype})
     return FlowClassifier(trained.model_copy(update={"inference": local, "model": model}))
+
+
+SCAN = [  # one host sends a SYN to three addresses on port 23 within 2 s, then a late flow
+    f"{1545404000 + t:.6f}\tC{i}\t192.168.1.77\t4000{i}\t10.0.0.{i}\t23\ttcp\t-\t-\t-\t-\t"
+    "S0\t-\t-\t0\tS\t1\t60\t0\t0\t-   Malicious   PartOfAHorizontalPortScan\n"
+    for i, t in enumerate((0.0, 1.0, 2.0, 300.0))
+]
+
+
+def test_live_host_context_is_the_one_training_computes(tmp_path: Path) -> None:
+    """A followed conn.log gets, line by line, the context the training pipeline computes
+    for the same flows read as a table; a line without ts is classified on its own context."""
+    from fedllm_client.inference import _records
+    from fedllm_client.stats import Summary
+    from fedllm_core.data import read_flow_file
+    from fedllm_core.hostcontext import CONTEXT_FIELDS, with_context
+
+    log = tmp_path / "conn.log"
+    log.write_text(HEADER + "".join(SCAN) + "-" + SCAN[0][SCAN[0].index("\t") :])
+    summary = Summary(("Benign", "Malicious"))
+    live = [r for r in _records(log, False, 0.05, summary, 60.0) if r is not None]
+    table = with_context(read_flow_file(log)[0], 60.0)
+    expected = [{k: table.record(i)[k] for k in CONTEXT_FIELDS} for i in range(len(table))]
+    assert [{k: r[k] for k in CONTEXT_FIELDS} for r in live] == expected
+    # the 4th is 5 min later; the 5th has no ts: alone
+    assert [r["host.destinations"] for r in live] == [1.0, 2.0, 3.0, 1.0, 1.0]
+    assert summary.malformed == 0
+
+
+def test_a_model_trained_with_host_context_classifies_a_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tiny_settings(tmp_path / "state", data={"host_context_s": 60.0})
+    learner = Learner.open(settings)
+    learner.apply_global(0, learner.model.state(), gsfs=False)
+    learner.train_chunk(2)
+    learner.persist()
+    log, out = tmp_path / "conn.log", tmp_path / "predictions.jsonl"
+    log.write_text(HEADER + "".join(FLOWS + SCAN))
+    assert run_classify(settings, log, output=out) == 0
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (summary["flows"], summary["malformed"]) == (6, 0)
+    assert len(out.read_text().splitlines()) == 6

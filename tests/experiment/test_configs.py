@@ -102,6 +102,16 @@ def test_gsfs_server_weighs_clients_by_samples_unless_told_not_to(
     assert server["strategy"]["sample_weighting"] is weighting
 
 
+def test_gsfs_server_lr_reaches_the_gsfs_server_only(pki: PkiPaths, tmp_path: Path) -> None:
+    exp = ExperimentSettings(clients=2, gsfs_server_lr=0.5)
+    rates = {}
+    for strategy in ("gsfs", "fedopt", "fedavg"):
+        prepare_deployment(exp, strategy, pki, tmp_path / strategy)
+        server = tomllib.loads((tmp_path / strategy / "server.toml").read_text())
+        rates[strategy] = server["strategy"].get("server_lr")
+    assert rates == {"gsfs": 0.5, "fedopt": 0.01, "fedavg": None}  # FedOpt keeps its own η_s
+
+
 def test_the_default_budget_is_short_local_runs() -> None:
     exp = ExperimentSettings()
     assert (exp.rounds, exp.local_steps, exp.budget_steps) == (20, 8, 160)

@@ -31,6 +31,7 @@ from fedllm_core.data.splits import (
 )
 from fedllm_core.data.table import FlowTable, IndexArray, ObjectArray
 from fedllm_core.data.zeek import LoadReport, expand_paths, read_flow_files
+from fedllm_core.hostcontext import CONTEXT_TOKENS, with_context, with_host_context
 from fedllm_core.prompts import Template, choose_template, render
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "iot23"
@@ -58,11 +59,26 @@ def _load_cached(key: tuple[tuple[str, int, int], ...]) -> tuple[FlowTable, Load
     return read_flow_files([Path(name) for name, _, _ in key])
 
 
-def load_flows(paths: Sequence[Path] = ()) -> tuple[FlowTable, LoadReport]:
-    """Load flow files/folders (empty: the shipped IoT-23 copy). Cached; do not mutate."""
+def _files_key(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
     files = expand_paths(list(paths)) if paths else shipped_paths()
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@lru_cache(maxsize=4)
+def _context_cached(key: tuple[tuple[str, int, int], ...], window_s: float) -> FlowTable:
+    return with_context(_load_cached(key)[0], window_s)
+
+
+def load_flows(
+    paths: Sequence[Path] = (), *, host_context_s: float | None = None
+) -> tuple[FlowTable, LoadReport]:
+    """Load flow files/folders (empty: the shipped IoT-23 copy), with each row's host context
+    over ``host_context_s`` seconds when given (computed on every loaded row, before any
+    subsample: an edge host sees all of its network's traffic). Cached; do not mutate."""
+    key = _files_key(paths)
     table, report = _load_cached(key)
+    if host_context_s is not None:
+        table = _context_cached(key, host_context_s)
     if report.malformed:
         log.warning(
             "flows_malformed_lines",
@@ -86,7 +102,7 @@ class PreparedData:
 
 def prepare_data(data: DataSettings) -> PreparedData:
     """Load, label, subsample and split as ``data`` says (the common start of every consumer)."""
-    flows, report = load_flows(data.paths)
+    flows, report = load_flows(data.paths, host_context_s=data.host_context_s)
     names = tuple(label_names(data.task, flows, min_class_count=data.min_class_count))
     fine = fine_classes(flows)
     strata = strata_ids(fine, flows.captures)
@@ -132,8 +148,15 @@ def _capture_rows(
 
 
 def template_for(data: DataSettings) -> Template:
-    """The prompt template ``data`` selects (``auto`` respects ``max_prompt_tokens``)."""
-    return choose_template(data.template, max_tokens=data.max_prompt_tokens)
+    """The prompt template ``data`` selects (``auto`` respects ``max_prompt_tokens``), followed
+    by the host context when ``host_context_s`` is set (its words count against the budget)."""
+    if data.host_context_s is None:
+        return choose_template(data.template, max_tokens=data.max_prompt_tokens)
+    budget = data.max_prompt_tokens
+    base = choose_template(
+        data.template, max_tokens=None if budget is None else budget - CONTEXT_TOKENS
+    )
+    return with_host_context(base, data.host_context_s)
 
 
 def client_rows(prepared: PreparedData, data: DataSettings) -> tuple[IndexArray, IndexArray]:

@@ -47,6 +47,10 @@ class DataSettings(FrozenSettings):
     # the richest template whose token budget fits ``max_prompt_tokens`` (None = no limit).
     template: str = "compact"
     max_prompt_tokens: int | None = Field(default=None, ge=1)
+    # Host context (fedllm_core.hostcontext): each prompt also says what its originating host
+    # did in the last this-many seconds (flows, distinct destinations and ports, SYN-only
+    # flows), computed the same way in training and in live classify. None = off.
+    host_context_s: float | None = Field(default=None, gt=0)
 
     @field_validator("template")
     @classmethod
