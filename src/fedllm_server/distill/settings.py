@@ -40,7 +40,9 @@ class DistillSettings(FrozenSettings):
     teacher_steps: int = Field(default=200, ge=1, description="teacher optimizer steps")
     teacher_train: TrainSettings = Field(default_factory=_teacher_train)
     # Flows the student is distilled on, labels dropped; deduplicated by their two texts.
-    transfer_rows: Rows = "train_and_validation"
+    # "validation" (the server's own captures) by default: the clients' rows are flows an edge
+    # site would have to forward to the cloud, and raw traffic stays at the edge unless chosen.
+    transfer_rows: Rows = "validation"
     transfer_max: int = Field(default=1000, ge=1, description="seeded cap on transfer flows")
     every_versions: int = Field(default=1, ge=1, description="distil every k-th version")
     steps: int = Field(default=20, ge=1, description="KD optimizer steps per distillation")
