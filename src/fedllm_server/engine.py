@@ -205,14 +205,7 @@ class Engine:
             try:
                 self._account_upload(sender.client_id)
             except PrivacyBudgetExceededError as exc:
-                log.error(
-                    "privacy_budget_exhausted",
-                    client_id=sender.client_id,
-                    epsilon_spent=exc.spent,
-                    epsilon_next=exc.would_be,
-                    epsilon_budget=exc.budget,
-                    detail="local-mode upload refused",
-                )
+                _log_budget_exhausted(exc, "local-mode upload refused", client_id=sender.client_id)
                 return Verdict(RejectCode.UNEXPECTED, str(exc), verdict.norm, blame=False)
             self.log.append(verdict.update)
             self._hold(verdict.update)
@@ -311,13 +304,8 @@ class Engine:
             return self.accountant.record_aggregation(self.privacy.noise_multiplier, eligible)
         except PrivacyBudgetExceededError as exc:
             self.drop(fold)  # the schedule has already let them go
-            log.error(
-                "privacy_budget_exhausted",
-                model_version=self._version,
-                epsilon_spent=exc.spent,
-                epsilon_next=exc.would_be,
-                epsilon_budget=exc.budget,
-                detail="aggregation refused; serving the last version",
+            _log_budget_exhausted(
+                exc, "aggregation refused; serving the last version", model_version=self._version
             )
             raise PrivacyBudgetRefused(str(exc)) from exc
 
@@ -386,3 +374,14 @@ class Engine:
 
     def close(self) -> None:
         self.log.close()
+
+
+def _log_budget_exhausted(exc: PrivacyBudgetExceededError, detail: str, **where: Any) -> None:
+    log.error(
+        "privacy_budget_exhausted",
+        **where,
+        epsilon_spent=exc.spent,
+        epsilon_next=exc.would_be,
+        epsilon_budget=exc.budget,
+        detail=detail,
+    )
