@@ -51,10 +51,10 @@ from fedllm_server.observe.systemd_status import ServerStatusLine
 from fedllm_server.schedule.base import RoundConfig, ScheduleContext
 from fedllm_server.settings import ServerSettings
 from fedllm_server.state import EngineThread, ServerState
-
-if TYPE_CHECKING:
-    from fedllm_server.distill.distiller import Opened
 from fedllm_server.strategies.registry import make_strategy
+
+if TYPE_CHECKING:  # the distiller imports torch: only when [distill] is on
+    from fedllm_server.distill.distiller import Opened
 
 log = structlog.get_logger("fedllm.server")
 FLUSH_ON_STOP_S = 10.0
